@@ -1,0 +1,38 @@
+"""`run_sample.py --demo`: the whole method on the toy devkit, sized for a 2-core laptop CPU.
+
+There are no ImageNet weights here, so the backbone starts from random numbers. The faithful settings
+(BatchNorm frozen at its initial statistics, stages 1-2 untrained, lr 0.1) barely learn from scratch, so
+the demo trains every stage with BatchNorm in training mode and SGD with momentum, on a handful of classes.
+That is a demo mode, never a default for real runs.
+"""
+import os
+
+TOY_ROOT = "data/toy_voc"
+TOY = dict(num_images=360, size=(128, 96), seed=0, context_bias=0.9, num_heldout=120,
+           classes=["aeroplane", "boat", "car", "cow", "train", "tvmonitor"])
+
+DEFAULTS = dict(
+    work_dir="work_demo", backbone_weights="none", from_scratch=True, irn_backbone_weights="cam",
+    cam_crop_size=112, cam_resize_long=(96.0, 160.0), cam_batch_size=16, cam_num_epoches=5,
+    cam_learning_rate=0.01, cam_momentum=0.9, cam_scales=(1.0, 0.5, 1.5),
+    irn_crop_size=96, irn_batch_size=16, irn_num_epoches=3, irn_learning_rate=0.05, irn_momentum=0.9,
+    num_workers=2,
+)
+
+BANNER = ("DEMO: toy devkit, randomly initialised ResNet-50 trained from scratch with BatchNorm in training mode "
+          "(no ImageNet weights). Numbers are not comparable with the paper's VOC results.")
+
+
+def prepare(args):
+    """Write the toy devkit if it is missing and point the list flags at it."""
+    if args.voc12_root is None:
+        args.voc12_root = TOY_ROOT
+    if not os.path.isdir(os.path.join(args.voc12_root, "JPEGImages")):
+        from voc12 import synth
+        print(f"writing the toy devkit to {args.voc12_root} ...")
+        synth.write_devkit(args.voc12_root, **TOY)
+    for flag, name in (("train_list", "train_aug.txt"), ("val_list", "val.txt"), ("infer_list", "train.txt"),
+                       ("cls_labels", "cls_labels.txt")):
+        if getattr(args, flag).startswith("voc12/"):  # the VOC lists do not fit the toy devkit
+            setattr(args, flag, os.path.join(args.voc12_root, name))
+

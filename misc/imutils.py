@@ -1,0 +1,192 @@
+"""Image helpers: reading, PIL resizing, random flips/crops drawn from a passed-in generator,
+VOC palette PNGs and the dense CRF used to sharpen CAM label maps.
+
+Every random helper takes `rng` (a numpy Generator) so that a data set can give each item its own
+stream and results do not depend on how many loader workers there are.
+"""
+import numpy as np
+from PIL import Image
+
+from misc.pyutils import UserError, atomic_path
+
+_RESAMPLE = {0: Image.NEAREST, 1: Image.BILINEAR, 3: Image.BICUBIC}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ---------------------------------------------------------------- files
+
+def read_image(path):
+    """RGB uint8 HWC; grey or CMYK JPEGs are converted so every image has three channels."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}; check --voc12_root and the image list")
+    except (OSError, ValueError, SyntaxError) as e:  # PIL reports truncated/corrupt files this way
+        raise UserError(f"cannot read image {path} ({e}); replace the file or drop its id from the list")
+
+
+def read_label_png(path):
+    """Class-index map (uint8 HW) from a palette or grey PNG; palette indices are the labels."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise UserError(f"label PNG {path} has mode {im.mode}; expected a palette (P) or grey (L) "
+                                "image of class indices")
+            return np.array(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise UserError(f"label PNG not found: {path}; run the step that writes it first")
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"cannot read label PNG {path} ({e}); delete it and rerun the step that wrote it")
+
+
+def voc_palette():
+    """The standard PASCAL VOC colour map: bit k of the index goes to bit 7 - k//3 of channel k%3."""
+    idx = np.arange(256)
+    pal = np.zeros((256, 3), np.int64)
+    for k in range(8 * 3):
+        pal[:, k % 3] |= ((idx >> k) & 1) << (7 - k // 3)
+    return pal.astype(np.uint8)
+
+
+def colorize(label):
+    """RGB uint8 picture of a label map in VOC colours (255 = ignore is light beige)."""
+    return voc_palette()[np.asarray(label, dtype=np.uint8)]
+
+
+def save_label_png(path, label):
+    """Write a class-index map as a VOC palette PNG, atomically (temp name, then rename)."""
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label map must be HW, got shape {label.shape}")
+    if label.dtype != np.uint8:
+        if label.min() < 0 or label.max() > 255:
+            raise ValueError("label values must lie in 0..255")
+        label = label.astype(np.uint8)
+    im = Image.fromarray(np.ascontiguousarray(label))  # mode L
+    im.putpalette(voc_palette().tobytes())  # turns it into mode P without touching the indices
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+
+
+# ---------------------------------------------------------------- geometry
+
+def pil_resize(img, size_hw, order):
+    """Resize to (h, w) with PIL. order: 0 nearest (labels), 1 bilinear, 3 bicubic (images).
+
+    uint8 arrays go through PIL directly; float arrays are resized channel by channel as 32-bit images.
+    """
+    h, w = int(size_hw[0]), int(size_hw[1])
+    if img.shape[0] == h and img.shape[1] == w:
+        return img
+    resample = _RESAMPLE[order]
+    if img.dtype == np.uint8:
+        return np.array(Image.fromarray(np.ascontiguousarray(img)).resize((w, h), resample))
+    chans = img[..., None] if img.ndim == 2 else img
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(chans[..., c], dtype=np.float32))
+                      .resize((w, h), resample)) for c in range(chans.shape[-1])]
+    out = np.stack(out, axis=-1).astype(img.dtype, copy=False)
+    return out[..., 0] if img.ndim == 2 else out
+
+
+def pil_rescale(img, scale, order):
+    h, w = img.shape[:2]
+    return pil_resize(img, (max(1, round(h * scale)), max(1, round(w * scale))), order)
+
+
+def random_resize_long(img, min_long, max_long, rng):
+    """Bicubic rescale so the long side is a uniform integer in [min_long, max_long]."""
+    target = int(rng.integers(min_long, max_long + 1))
+    return pil_rescale(img, target / max(img.shape[:2]), 3)
+
+
+def random_scale(img, scale_range, order, rng):
+    """Rescale by one uniform factor; a tuple of arrays (image, label) shares it, with one order each."""
+    s = rng.uniform(scale_range[0], scale_range[1])
+    if isinstance(img, tuple):
+        return tuple(pil_rescale(m, s, o) for m, o in zip(img, order))
+    return pil_rescale(img, s, order)
+
+
+def random_lr_flip(img, rng):
+    """Flip left-right with probability 1/2; a tuple of arrays is flipped together."""
+    flip = rng.random() < 0.5
+    if isinstance(img, tuple):
+        return tuple(np.fliplr(m) if flip else m for m in img)
+    return np.fliplr(img) if flip else img
+
+
+def _crop_offsets(size, crop, rng):
+    """(offset in the container, offset in the image) along one axis.
+
+    If the image is longer it is cut at a random place; if shorter it lands at a random place
+    inside the container and the rest keeps the fill value.
+    """
+    space = size - crop
+    if space > 0:
+        return 0, int(rng.integers(space + 1))
+    return int(rng.integers(-space + 1)), 0
+
+
+def _paste(img, crop, fill, top, left, img_top, img_left):
+    out = np.full((crop, crop) + img.shape[2:], fill, dtype=img.dtype)
+    ch, cw = min(crop, img.shape[0]), min(crop, img.shape[1])
+    out[top:top + ch, left:left + cw] = img[img_top:img_top + ch, img_left:img_left + cw]
+    return out
+
+
+def random_crop(images, cropsize, default_values, rng):
+    """Square crop at one random box shared by all arrays; pad with each array's fill value."""
+    single = isinstance(images, np.ndarray)
+    if single:
+        images, default_values = (images,), (default_values,)
+    h, w = images[0].shape[:2]
+    top, img_top = _crop_offsets(h, cropsize, rng)
+    left, img_left = _crop_offsets(w, cropsize, rng)
+    out = tuple(_paste(m, cropsize, f, top, left, img_top, img_left) for m, f in zip(images, default_values))
+    return out[0] if single else out
+
+
+def top_left_crop(img, cropsize, default_value):
+    """Deterministic crop used for validation: keep the top-left corner, pad the rest."""
+    return _paste(img, cropsize, default_value, 0, 0, 0, 0)
+
+
+class Normalize:
+    """uint8 RGB -> float32 standardised with ImageNet statistics (what the backbone was trained on)."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.mean = np.asarray(mean, np.float32) * 255.0
+        self.std = np.asarray(std, np.float32) * 255.0
+
+    def __call__(self, img):
+        return (np.asarray(img, np.float32) - self.mean) / self.std
+
+
+def HWC_to_CHW(img):
+    # contiguous, so torch.from_numpy / default_collate accept it even after a flip
+    return np.ascontiguousarray(np.transpose(img, (2, 0, 1)))
+
+
+# ---------------------------------------------------------------- CRF
+
+def crf_inference_label(img, labels, t=10, n_labels=21, gt_prob=0.7):
+    """Refine a hard label map (values 0..n_labels-1) with a dense CRF on the RGB image.
+
+    The labels are trusted with probability gt_prob; a small Gaussian kernel smooths and a wide
+    colour-sensitive bilateral kernel snaps regions to image edges (IRNet's settings).
+    """
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_labels
+
+    h, w = img.shape[:2]
+    labels = np.asarray(labels)
+    if labels.shape != (h, w):
+        raise ValueError(f"labels {labels.shape} do not match image {img.shape[:2]}")
+    d = dcrf.DenseCRF2D(w, h, n_labels)
+    d.setUnaryEnergy(unary_from_labels(labels.astype(np.int64), n_labels, gt_prob=gt_prob, zero_unsure=False))
+    d.addPairwiseGaussian(sxy=3, compat=3)
+    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(img, dtype=np.uint8), compat=10)
+    q = np.asarray(d.inference(t)).reshape(n_labels, h, w)
+    return np.argmax(q, axis=0)

@@ -1,0 +1,138 @@
+"""A self-contained HTML report of a run: results, per-class IoU, time per step and pictures.
+
+Everything is read back from files the steps wrote (results.json, CAM .npz, mask PNGs, pool preview,
+CDA samples), so the report can be rebuilt at any time: python -m misc.report --work_dir work --voc12_root ...
+"""
+import argparse
+import base64
+import html
+import io
+import os
+
+import numpy as np
+from PIL import Image
+
+from misc import imutils, metrics, pyutils
+
+PAPER = {"stage1": {"cam": 48.3, "sem_seg": 66.5}, "stage2": {"cam": 50.8, "sem_seg": 67.7}}
+STAGES = (("stage1", "stage I (IRNet)"), ("stage2", "stage II (+CDA)"))
+
+
+def heatmap(x):
+    """A blue-to-red colour map of values in [0, 1] (HW) -> uint8 HW3."""
+    x = np.clip(x, 0, 1)[..., None]
+    stops = np.array([[0, 0, 128], [0, 128, 255], [0, 255, 128], [255, 255, 0], [255, 64, 0]], np.float32)
+    pos = x * (len(stops) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(stops) - 2)
+    t = pos - lo
+    return (stops[lo[..., 0]] * (1 - t) + stops[lo[..., 0] + 1] * t).astype(np.uint8)
+
+
+def cam_overlay(img, cam_file):
+    """The image blended with the maximum over its classes' CAMs."""
+    if not os.path.isfile(cam_file):
+        return None
+    high = pyutils.load_npz(cam_file, keys=("high_res",))["high_res"]
+    m = high.max(0) if high.shape[0] else np.zeros(img.shape[:2], np.float32)
+    if m.shape != img.shape[:2]:
+        return None
+    return (0.5 * img + 0.5 * heatmap(m)).astype(np.uint8)
+
+
+def mask_image(path, img=None):
+    if not os.path.isfile(path):
+        return None
+    rgb = imutils.colorize(imutils.read_label_png(path))
+    return rgb if img is None else (0.35 * img + 0.65 * rgb).astype(np.uint8)
+
+
+def data_uri(rgb, width=None):
+    im = Image.fromarray(rgb)
+    if width and im.width > width:
+        im = im.resize((width, round(im.height * width / im.width)), Image.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def file_uri(path):
+    if not os.path.isfile(path):
+        return None
+    return data_uri(np.asarray(Image.open(path).convert("RGB")))
+
+
+def pct(r):
+    return "-" if r is None else f"{100 * r:.1f}"
+
+
+def results_section(results):
+    rows = []
+    for stage, label in STAGES:
+        s = results.get(stage, {})
+        rows.append(f"<tr><td>{label}</td><td>{pct(s.get('cam', {}).get('miou'))}</td>"
+                    f"<td>{pct(s.get('sem_seg', {}).get('miou'))}</td>"
+                    f"<td class=paper>{PAPER[stage]['cam']}</td><td class=paper>{PAPER[stage]['sem_seg']}</td></tr>")
+    return ("<h2>Results (mIoU, %)</h2><table><tr><th></th><th>CAM</th><th>pseudo mask</th>"
+            "<th>paper CAM (VOC)</th><th>paper mask (VOC)</th></tr>" + "".join(rows) + "</table>")
+
+
+def per_class_section(results):
+    cols = [(stage, metric) for stage, _ in STAGES for metric in ("cam", "sem_seg")]
+    head = "".join(f"<th>{dict(STAGES)[s]}<br>{'CAM' if m == 'cam' else 'mask'}</th>" for s, m in cols)
+    rows = []
+    for name in metrics.VOC_NAMES:
+        cells = "".join(f"<td>{pct(results.get(s, {}).get(m, {}).get('iou', {}).get(name))}</td>" for s, m in cols)
+        rows.append(f"<tr><td>{name}</td>{cells}</tr>")
+    return f"<h2>Per-class IoU (%)</h2><table><tr><th>class</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def timing_section(results):
+    secs = results.get("seconds", {})
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.1f}</td></tr>" for k, v in secs.items())
+    total = sum(secs.values())
+    return (f"<h2>Time per step (s)</h2><table><tr><th>step</th><th>seconds</th></tr>{rows}"
+            f"<tr><th>total</th><th>{total:.1f}</th></tr></table>")
+
+
+def pictures_section(args, names, width=200):
+    """Per image: image, ground truth, CAMs of both stages, pseudo masks of both stages."""
+    cols = [("image", None), ("ground truth", None), ("CAM, stage I", args.cam_out_dir),
+            ("CAM, stage II", args.cam_aug_out_dir), ("mask, stage I", args.sem_seg_out_dir),
+            ("mask, stage II", args.sem_seg_aug_out_dir)]
+    rows = []
+    for name in names:
+        img = imutils.read_image(os.path.join(args.voc12_root, "JPEGImages", name + ".jpg"))
+        panels = [img, mask_image(os.path.join(args.voc12_root, "SegmentationClass", name + ".png")),
+                  cam_overlay(img, os.path.join(args.cam_out_dir, name + ".npz")),
+                  cam_overlay(img, os.path.join(args.cam_aug_out_dir, name + ".npz")),
+                  mask_image(os.path.join(args.sem_seg_out_dir, name + ".png")),
+                  mask_image(os.path.join(args.sem_seg_aug_out_dir, name + ".png"))]
+        cells = "".join(f"<td><img src='{data_uri(p, width)}'></td>" if p is not None else "<td>-</td>"
+                        for p in panels)
+        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
+    head = "".join(f"<th>{c}</th>" for c, _ in cols)
+    return f"<h2>Pictures</h2><table class=pics><tr><th>id</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def write_report(args, path, title, note="", num_pictures=6):
+    results = pyutils.load_json(args.results_path, default={})
+    eval_list = os.path.join(args.voc12_root, "ImageSets", "Segmentation", args.chainer_eval_set + ".txt")
+    names = [n for n in open(eval_list).read().split()][:num_pictures] if os.path.isfile(eval_list) else []
+    parts = [f"<h1>{html.escape(title)}</h1>", f"<p class=note>{html.escape(note)}</p>" if note else "",
+             results_section(results), per_class_section(results), timing_section(results),
+             pictures_section(args, names)]
+    for label, p in (("Instance pool (stage I pseudo masks, one row per class)",
+                      os.path.join(args.pool_dir, "preview.png")),
+                     ("CDA samples: originals and their augmented copies", args.cda_samples_path)):
+        uri = file_uri(p)
+        parts.append(f"<h2>{label}</h2>" + (f"<img src='{uri}' class=wide>" if uri else "<p>not written</p>"))
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1400px} table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} td:first-child{text-align:left}"
+             ".paper{color:#777} .note{background:#fff6d5;padding:.6em;border-left:4px solid #e0b000}"
+             ".pics img{display:block} img.wide{max-width:100%;image-rendering:pixelated}")
+    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    with pyutils.atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(doc)
+    return path

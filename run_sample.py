@@ -1,0 +1,274 @@
+"""Run IRNet (stage I) and then Context Decoupling Augmentation (stage II), step by step.
+
+    python run_sample.py --voc12_root VOCdevkit/VOC2012            # the full method on PASCAL VOC 2012
+    python run_sample.py --demo                                    # the toy devkit, sized for a laptop CPU
+    torchrun --nproc_per_node 4 run_sample.py --voc12_root ...     # several GPUs
+
+Flag names follow IRNet's run_sample.py. Outputs go under --work_dir; see the README for what each holds.
+"""
+import argparse
+import copy
+import importlib
+import os
+import sys
+import time
+
+import torch
+
+from misc import dist, pyutils
+
+STAGE1_STEPS = ["train_cam", "make_cam", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg",
+                "eval_sem_seg"]
+STEP_MODULES = {"make_sem_seg": "make_sem_seg_labels"}
+PAPER = {"stage1": {"cam": 48.3, "sem_seg": 66.5}, "stage2": {"cam": 50.8, "sem_seg": 67.7}}
+
+
+def str2bool(v):
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("true", "1", "yes"):
+        return True
+    if v.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {v!r}")
+
+
+def floats(n):
+    def parse(v):
+        return tuple(float(x) for x in v.replace(",", " ").split())
+    parse.__name__ = f"{n} numbers"
+    return parse
+
+
+def add_switch(parser, name, help=None):
+    """--name True|False (as in the reference, but typed) and --no-name."""
+    parser.add_argument(f"--{name}", type=str2bool, nargs="?", const=True, default=True, metavar="BOOL", help=help)
+    parser.add_argument(f"--no-{name}", dest=name, action="store_false", help=argparse.SUPPRESS)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    env = p.add_argument_group("environment")
+    env.add_argument("--voc12_root", help="VOC 2012 devkit: JPEGImages/, SegmentationClass/, ImageSets/")
+    env.add_argument("--work_dir", default="work", help="every output goes under this folder")
+    env.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    env.add_argument("--num_workers", default=min(8, os.cpu_count() or 1), type=int)
+    env.add_argument("--seed", default=0, type=int)
+    env.add_argument("--amp", type=str2bool, nargs="?", const=True, default=False,
+                     help="bf16 autocast on CUDA (no effect on CPU)")
+    env.add_argument("--resume", type=str2bool, nargs="?", const=True, default=False,
+                     help="continue training from the last epoch checkpoint (<weights>.ckpt)")
+    env.add_argument("--force", type=str2bool, nargs="?", const=True, default=False,
+                     help="redo per-image outputs that already exist and are newer than their inputs")
+    env.add_argument("--demo", action="store_true",
+                     help="toy devkit and CPU-sized settings; a randomly initialised backbone trained from scratch")
+
+    data = p.add_argument_group("dataset")
+    data.add_argument("--train_list", default="voc12/train_aug.txt")
+    data.add_argument("--val_list", default="voc12/val.txt")
+    data.add_argument("--infer_list", default="voc12/train.txt")
+    data.add_argument("--cls_labels", default="voc12/cls_labels.txt")
+    data.add_argument("--chainer_eval_set", default="train",
+                      help="split of <voc12_root>/ImageSets/Segmentation evaluated by the eval steps")
+
+    cam = p.add_argument_group("class activation map")
+    cam.add_argument("--backbone_weights", default="imagenet", help="imagenet | none | PATH to a ResNet-50 state dict")
+    cam.add_argument("--from_scratch", type=str2bool, nargs="?", const=True, default=False,
+                     help="demo only: train every stage with BatchNorm in training mode")
+    cam.add_argument("--cam_crop_size", default=512, type=int)
+    cam.add_argument("--cam_resize_long", default=(320, 640), type=floats(2), help="random long side range")
+    cam.add_argument("--cam_batch_size", default=16, type=int)
+    cam.add_argument("--cam_num_epoches", default=5, type=int)
+    cam.add_argument("--cam_learning_rate", default=0.1, type=float)
+    cam.add_argument("--cam_weight_decay", default=1e-4, type=float)
+    cam.add_argument("--cam_momentum", default=None, type=float,
+                     help="SGD momentum; unset reproduces the reference (momentum = weight decay)")
+    cam.add_argument("--cam_eval_thres", default=0.15, type=float)
+    cam.add_argument("--cam_scales", default=(1.0, 0.5, 1.5, 2.0), type=floats("n"))
+
+    ir = p.add_argument_group("inter-pixel relations")
+    ir.add_argument("--conf_fg_thres", default=0.30, type=float)
+    ir.add_argument("--conf_bg_thres", default=0.05, type=float)
+    ir.add_argument("--irn_backbone_weights", default=None,
+                    help="backbone of the IRN (default: --backbone_weights); 'cam' takes the stage's CAM network")
+    ir.add_argument("--irn_crop_size", default=512, type=int)
+    ir.add_argument("--irn_rescale", default=(0.5, 1.5), type=floats(2))
+    ir.add_argument("--irn_batch_size", default=32, type=int)
+    ir.add_argument("--irn_num_epoches", default=3, type=int)
+    ir.add_argument("--irn_learning_rate", default=0.1, type=float)
+    ir.add_argument("--irn_weight_decay", default=1e-4, type=float)
+    ir.add_argument("--irn_momentum", default=None, type=float)
+    ir.add_argument("--beta", default=10, type=float)
+    ir.add_argument("--exp_times", default=8, type=int, help="the random walk takes 2**exp_times steps")
+    ir.add_argument("--sem_seg_bg_thres", default=0.25, type=float)
+
+    cda = p.add_argument_group("context decoupling augmentation (stage II)")
+    cda.add_argument("--pool_source", default="sem_seg", choices=["sem_seg", "gt"],
+                     help="instances from stage I pseudo masks, or from ground truth (upper-bound ablation)")
+    cda.add_argument("--pool_min_ratio", default=0.1, type=float)
+    cda.add_argument("--pool_max_ratio", default=0.7, type=float)
+    cda.add_argument("--cda_rotation", default=(-90.0, 90.0), type=floats(2))
+    cda.add_argument("--cda_max_size", default=0.7, type=float)
+    cda.add_argument("--cda_blend", default="none", choices=["none", "gaussian"])
+    cda.add_argument("--cda_scale_jitter", type=str2bool, nargs="?", const=True, default=False)
+    cda.add_argument("--cda_num_instances", default=1, type=int)
+
+    out = p.add_argument_group("outputs (relative paths are under --work_dir)")
+    out.add_argument("--log_name", default="run.log")
+    out.add_argument("--cam_weights_name", default="sess/res50_cam.pth")
+    out.add_argument("--irn_weights_name", default="sess/res50_irn.pth")
+    out.add_argument("--cam_out_dir", default="result/cam")
+    out.add_argument("--ir_label_out_dir", default="result/ir_label")
+    out.add_argument("--sem_seg_out_dir", default="result/sem_seg")
+    out.add_argument("--cam_aug_weights_name", default="sess/cam_aug.pth")
+    out.add_argument("--irn_aug_weights_name", default="sess/irn_aug.pth")
+    out.add_argument("--cam_aug_out_dir", default="result/cam_aug")
+    out.add_argument("--ir_label_aug_out_dir", default="result/ir_label_aug")
+    out.add_argument("--sem_seg_aug_out_dir", default="result/sem_seg_aug")
+    out.add_argument("--pool_dir", default="instance_pool")
+
+    steps = p.add_argument_group("steps (each takes True/False; --no-<step> turns one off)")
+    add_switch(steps, "stage1", "run stage I (IRNet)")
+    add_switch(steps, "stage2", "run stage II (CDA)")
+    for s in STAGE1_STEPS:
+        add_switch(steps, f"{s}_pass")
+    add_switch(steps, "make_instance_pool_pass")
+    for s in STAGE1_STEPS:
+        add_switch(steps, f"cda_{s}_pass")
+    return p
+
+
+def check_args(args):
+    """Nonsense flags: one line, exit 2, before anything runs."""
+    for name in ("cam_eval_thres", "conf_fg_thres", "conf_bg_thres", "sem_seg_bg_thres", "pool_min_ratio",
+                 "pool_max_ratio", "cda_max_size"):
+        v = getattr(args, name)
+        if not 0 <= v <= 1:
+            raise pyutils.UserError(f"--{name} must be within [0, 1], got {v}")
+    if args.pool_min_ratio > args.pool_max_ratio:
+        raise pyutils.UserError("--pool_min_ratio must not exceed --pool_max_ratio")
+    for name in ("cam_batch_size", "cam_num_epoches", "irn_batch_size", "irn_num_epoches", "cam_crop_size",
+                 "irn_crop_size", "cda_num_instances"):
+        if getattr(args, name) < 1:
+            raise pyutils.UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.num_workers < 0 or args.exp_times < 0:
+        raise pyutils.UserError("--num_workers and --exp_times must not be negative")
+    if args.stage2 and args.cda_train_cam_pass and (args.cam_batch_size < 2 or args.cam_batch_size % 2):
+        raise pyutils.UserError(f"CDA pairs each original with its copy: --cam_batch_size must be even and "
+                                f"at least 2, got {args.cam_batch_size}")
+    if not args.cam_scales or args.irn_crop_size % 4:
+        raise pyutils.UserError("--cam_scales needs at least one scale and --irn_crop_size a multiple of 4")
+    if args.voc12_root is None:
+        raise pyutils.UserError("--voc12_root is required (the VOC 2012 devkit folder), or use --demo")
+    pyutils.require_dir(os.path.join(args.voc12_root, "JPEGImages"), "JPEGImages folder of --voc12_root",
+                        "point --voc12_root at VOCdevkit/VOC2012")
+
+
+def stage_args(args, stage):
+    """The namespace one stage's steps read: same step modules, other folders and data set."""
+    a = copy.copy(args)
+    a.stage = stage
+    if stage == "stage2":
+        a.cam_weights_name, a.irn_weights_name = args.cam_aug_weights_name, args.irn_aug_weights_name
+        a.cam_out_dir, a.ir_label_out_dir = args.cam_aug_out_dir, args.ir_label_aug_out_dir
+        a.sem_seg_out_dir = args.sem_seg_aug_out_dir
+        a.pool_mask_dir = args.sem_seg_out_dir
+        a.cda = True
+    else:
+        a.cda = False
+    if args.irn_backbone_weights in (None, ""):
+        a.irn_backbone_weights = args.backbone_weights
+    elif args.irn_backbone_weights == "cam":
+        a.irn_backbone_weights = a.cam_weights_name
+    return a
+
+
+def resolve_paths(args):
+    def under(p):
+        return p if os.path.isabs(p) else os.path.join(args.work_dir, p)
+    for name in ("log_name", "cam_weights_name", "irn_weights_name", "cam_out_dir", "ir_label_out_dir",
+                 "sem_seg_out_dir", "cam_aug_weights_name", "irn_aug_weights_name", "cam_aug_out_dir",
+                 "ir_label_aug_out_dir", "sem_seg_aug_out_dir", "pool_dir"):
+        setattr(args, name, under(getattr(args, name)))
+    args.results_path = os.path.join(args.work_dir, "results.json")
+    args.cda_samples_path = os.path.join(args.work_dir, "cda_samples.png")
+    os.makedirs(os.path.join(args.work_dir, "sess"), exist_ok=True)
+
+
+def run_step(module, args, label):
+    pyutils.log(f"\n=== {label} ===")
+    start = time.time()
+    importlib.import_module(f"step.{module}").run(args)
+    seconds = time.time() - start
+    pyutils.log(f"=== {label}: {seconds:.1f} s ===")
+    if dist.is_main():
+        data = pyutils.load_json(args.results_path, default={})
+        data.setdefault("seconds", {})[label] = round(seconds, 2)
+        pyutils.save_json(args.results_path, data)
+
+
+def run_pipeline(args):
+    if args.stage1:
+        a = stage_args(args, "stage1")
+        for s in STAGE1_STEPS:
+            if getattr(args, f"{s}_pass"):
+                run_step(STEP_MODULES.get(s, s), a, f"stage I: {s}")
+    if args.stage2:
+        a = stage_args(args, "stage2")
+        if args.make_instance_pool_pass:
+            run_step("make_instance_pool", a, "stage II: make_instance_pool")
+        for s in STAGE1_STEPS:
+            if getattr(args, f"cda_{s}_pass"):
+                run_step(STEP_MODULES.get(s, s), a, f"stage II: {s}")
+
+
+def results_table(results):
+    """Stage I and stage II side by side, with the paper's VOC numbers for reference."""
+    def cell(stage, metric):
+        r = results.get(stage, {}).get(metric)
+        return f"{100 * r['miou']:6.1f}" if r else "     -"
+    lines = ["", "                   CAM mIoU   pseudo-mask mIoU   (paper, VOC train: CAM / mask)",
+             f"stage I  (IRNet)    {cell('stage1', 'cam')}          {cell('stage1', 'sem_seg')}"
+             f"             {PAPER['stage1']['cam']} / {PAPER['stage1']['sem_seg']}",
+             f"stage II (+CDA)     {cell('stage2', 'cam')}          {cell('stage2', 'sem_seg')}"
+             f"             {PAPER['stage2']['cam']} / {PAPER['stage2']['sem_seg']}"]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    from misc import demo
+    if "--demo" in argv:
+        parser.set_defaults(**demo.DEFAULTS)
+    args = parser.parse_args(argv)
+    try:
+        args.device = dist.init_distributed_mode(args.device)
+        if args.demo:
+            demo.prepare(args)
+        check_args(args)
+        resolve_paths(args)
+        pyutils.setup_logging(args.log_name if dist.is_main() else None)
+        if not dist.is_main():
+            pyutils.get_logger().setLevel("WARNING")
+        pyutils.log(f"run_sample.py {' '.join(argv)}\narguments: {vars(args)}")
+        if args.demo:
+            pyutils.log(demo.BANNER)
+        run_pipeline(args)
+        if dist.is_main():
+            results = pyutils.load_json(args.results_path, default={})
+            pyutils.log(results_table(results))
+            from misc import report
+            path = report.write_report(args, os.path.join(args.work_dir, "report.html"),
+                                       "CDA on IRNet: " + args.voc12_root, note=demo.BANNER if args.demo else "")
+            pyutils.log(f"report: {path}")
+    except pyutils.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        dist.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Step 7: mIoU of the random-walk pseudo masks (255 counted as background)."""
+import os
+
+from tqdm import tqdm
+
+from misc import metrics, pyutils
+from misc.imutils import read_label_png
+from step.eval_cam import eval_ids, gt_mask
+
+
+def run(args):
+    conf = metrics.ConfusionMatrix()
+    for name in tqdm(eval_ids(args), desc="eval_sem_seg", dynamic_ncols=True):
+        path = os.path.join(args.sem_seg_out_dir, name + ".png")
+        pyutils.require_file(path, "pseudo mask", "run make_sem_seg_labels first (--make_sem_seg_pass True)")
+        pred = read_label_png(path).copy()
+        pred[pred == 255] = 0
+        conf.update(gt_mask(args, name), pred, name)
+    result = conf.as_dict()
+    pyutils.log(metrics.format_iou_table(result, f"pseudo-mask IoU ({args.stage}, {args.sem_seg_out_dir})"))
+    metrics.record(args.results_path, args.stage, "sem_seg", result)
+    return result

@@ -1,0 +1,31 @@
+"""Stage II, first step: build the CDA instance pool from stage I's pseudo masks (or the ground truth).
+
+--pool_source sem_seg reads args.pool_mask_dir (stage I's make_sem_seg_labels output on the
+inference list); --pool_source gt reads <voc12_root>/SegmentationClass, an upper-bound ablation.
+"""
+import os
+
+from cda.pool import build_pool
+from misc.pyutils import UserError, log
+from voc12 import CAT_LIST
+from voc12.dataloader import load_img_name_list
+
+
+def run(args):
+    if args.pool_source == "sem_seg":
+        mask_dir = args.pool_mask_dir
+    elif args.pool_source == "gt":
+        mask_dir = os.path.join(args.voc12_root, "SegmentationClass")
+    else:
+        raise UserError(f"--pool_source must be 'sem_seg' or 'gt', got {args.pool_source!r}")
+    ids = load_img_name_list(args.infer_list)
+    log(f"instance pool: {len(ids)} masks from {args.pool_source} ({mask_dir}), "
+        f"foreground ratio {args.pool_min_ratio}..{args.pool_max_ratio}")
+    meta = build_pool(ids, mask_dir, os.path.join(args.voc12_root, "JPEGImages"), args.pool_dir,
+                      min_ratio=args.pool_min_ratio, max_ratio=args.pool_max_ratio,
+                      class_names=CAT_LIST, source=args.pool_source)
+    log(f"instance pool: {meta['num_instances']} instances in {args.pool_dir}; rejected {meta['rejected']}")
+    log("  " + ", ".join(f"{c} {n}" for c, n in meta["counts"].items() if n))
+    if meta["classes_without_instances"]:
+        log(f"  classes without instances (never pasted): {', '.join(meta['classes_without_instances'])}")
+    return meta

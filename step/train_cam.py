@@ -1,0 +1,99 @@
+"""Step 1: train the classification network whose class activation maps seed everything else.
+
+With args.cda the training set is the CDA paired set: each batch holds B/2 originals and their B/2
+augmented copies, one forward pass and one loss (stage II).
+"""
+import torch
+import torch.nn.functional as F
+
+from misc import dist, pyutils, torchutils, training
+from net import resnet50_cam
+from voc12.dataloader import VOC12ClassificationDataset
+
+
+def paired_dataset(base, args):
+    """Wrap a classification set with the CDA paste augmentation (stage II)."""
+    from cda.dataset import PairedDataset
+    from cda.pool import InstancePool
+    pool = InstancePool.load(args.pool_dir)
+    return PairedDataset(base, pool, seed=args.seed, num_instances=args.cda_num_instances,
+                         rotation=tuple(args.cda_rotation), max_size=args.cda_max_size, blend=args.cda_blend,
+                         scale_jitter=(0.8, 1.2) if args.cda_scale_jitter else None)
+
+
+def unpack(batch, device):
+    """Images and labels of a batch; a CDA batch becomes [originals; their copies]."""
+    img, label = batch["img"], batch["label"]
+    if "img_aug" in batch:
+        img = torch.cat([img, batch["img_aug"]])
+        label = torch.cat([label, batch["label_aug"]])
+    return training.to_device(img, device), label.to(device)
+
+
+def classification_loss(model, batch, device):
+    img, label = unpack(batch, device)
+    loss = F.multilabel_soft_margin_loss(model(img).float(), label)
+    logs = {"loss": loss.item()}
+    if "num_pasted" in batch:  # CDA: images whose every absent class lacks instances get no paste
+        logs["n_images_without_paste"] = int((batch["num_pasted"] == 0).sum())
+    return loss, logs
+
+
+def validate(model, loader, device, amp):
+    model.eval()
+    total, n = torch.zeros(2, dtype=torch.float64), 0
+    with torch.inference_mode(), training.autocast(device, amp):
+        for batch in loader:
+            img, label = unpack(batch, device)
+            loss = F.multilabel_soft_margin_loss(model(img).float(), label, reduction="sum")
+            total += torch.tensor([loss.item(), img.shape[0]], dtype=torch.float64)
+    total = dist.all_reduce_sum(total)
+    model.train()
+    return (total[0] / max(total[1], 1)).item()
+
+
+def run(args):
+    device = args.device
+    cda = getattr(args, "cda", False)
+    if cda and (args.cam_batch_size < 2 or args.cam_batch_size % 2):
+        raise pyutils.UserError(f"CDA pairs originals with copies: --cam_batch_size must be even and >= 2, "
+                                f"got {args.cam_batch_size}")
+    train_set = VOC12ClassificationDataset(args.train_list, args.voc12_root, args.cls_labels,
+                                           resize_long=tuple(args.cam_resize_long), hor_flip=True,
+                                           crop_size=args.cam_crop_size, crop_method="random", seed=args.seed)
+    val_set = VOC12ClassificationDataset(args.val_list, args.voc12_root, args.cls_labels,
+                                         crop_size=args.cam_crop_size, crop_method="top_left", seed=args.seed)
+    batch = args.cam_batch_size
+    if cda:
+        train_set, val_set, batch = paired_dataset(train_set, args), paired_dataset(val_set, args), batch // 2
+        if dist.is_main():
+            from cda.dataset import sample_grid
+            sample_grid(train_set, 8, args.cda_samples_path)
+            pyutils.log(f"wrote {args.cda_samples_path}")
+    if len(train_set) < batch:
+        raise pyutils.UserError(f"{args.train_list} has {len(train_set)} images, fewer than one batch "
+                                f"({batch}); lower --cam_batch_size")
+    loader = training.make_loader(train_set, batch, True, args.seed, args.num_workers, device, drop_last=True)
+    val_loader = training.make_loader(val_set, batch, False, args.seed, args.num_workers, device,
+                                      drop_last=False)
+    max_step = len(loader) * args.cam_num_epoches  # (len(train) // batch) * epochs, as the reference
+
+    model = resnet50_cam.Net(backbone_weights=args.backbone_weights, from_scratch=args.from_scratch)
+    backbone, head = model.trainable_parameters()
+    optimizer = torchutils.PolyOptimizer(
+        [{"params": backbone, "lr": args.cam_learning_rate, "weight_decay": args.cam_weight_decay},
+         {"params": head, "lr": 10 * args.cam_learning_rate, "weight_decay": args.cam_weight_decay}],
+        lr=args.cam_learning_rate, weight_decay=args.cam_weight_decay, max_step=max_step,
+        momentum=args.cam_momentum)
+    model = training.prepare_model(model, device)
+    pyutils.log(f"train_cam{' (CDA paired)' if cda else ''}: {len(train_set)} images, batch "
+                f"{args.cam_batch_size}, {args.cam_num_epoches} epochs, {max_step} steps, device {device}")
+
+    def after_epoch(epoch):
+        pyutils.log(f"  validation loss {validate(model, val_loader, device, args.amp):.4f}")
+
+    training.fit(model, loader, optimizer, lambda m, b: classification_loss(m, b, device), args.cam_num_epoches,
+                 args.cam_weights_name, device, amp=args.amp, resume=args.resume, desc="train_cam",
+                 after_epoch=after_epoch)
+    training.save_weights(args.cam_weights_name, model)
+    pyutils.log(f"saved {args.cam_weights_name}")

@@ -1,0 +1,71 @@
+"""Step 5: train the inter-pixel relation network (boundary + displacement branches) on the IR labels.
+
+After training, the mean displacement over the inference list is stored in the mean-shift buffer, which
+inference subtracts.
+"""
+import torch
+from tqdm import tqdm
+
+from misc import dist, indexing, pyutils, torchutils, training
+from net import resnet50_irn
+from voc12.dataloader import VOC12AffinityDataset, VOC12ClassificationDataset
+
+
+def irn_loss(model, batch, device):
+    img = training.to_device(batch["img"], device)
+    labels = [batch[k].to(device) for k in ("aff_bg_pos_label", "aff_fg_pos_label", "aff_neg_label")]
+    terms = resnet50_irn.irn_loss(model(img, True), *labels)
+    return terms["total"], {k: v.item() for k, v in terms.items() if k != "total"}
+
+
+def mean_displacement(model, args):
+    """Mean predicted displacement over the (top-left cropped) inference images."""
+    dataset = VOC12ClassificationDataset(args.infer_list, args.voc12_root, args.cls_labels,
+                                         crop_size=args.irn_crop_size, crop_method="top_left")
+    loader = training.make_loader(dataset, min(args.irn_batch_size, len(dataset)), False, args.seed,
+                                  args.num_workers, args.device, drop_last=False)
+    total = torch.zeros(3, dtype=torch.float64)  # (sum of dx, sum of dy, number of images)
+    model.eval()
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="mean displacement", disable=not dist.is_main(), dynamic_ncols=True):
+            with training.autocast(args.device, args.amp):
+                _, dp = model(training.to_device(batch["img"], args.device), False)
+            per_image = dp.float().mean(dim=(2, 3)).double().cpu()
+            total += torch.cat([per_image.sum(0), torch.tensor([per_image.shape[0]], dtype=torch.float64)])
+    total = dist.all_reduce_sum(total)
+    return (total[:2] / total[2]).float()
+
+
+def run(args):
+    device = args.device
+    path_index = indexing.PathIndex(radius=10, default_size=(args.irn_crop_size // 4, args.irn_crop_size // 4))
+    dataset = VOC12AffinityDataset(args.train_list, label_dir=args.ir_label_out_dir,
+                                   crop_size=args.irn_crop_size, voc12_root=args.voc12_root,
+                                   rescale=tuple(args.irn_rescale), hor_flip=True, crop_method="random",
+                                   indices_from=path_index.src_indices, indices_to=path_index.dst_indices,
+                                   seed=args.seed)
+    if len(dataset) < args.irn_batch_size:
+        raise pyutils.UserError(f"{args.train_list} has {len(dataset)} images, fewer than one batch "
+                                f"({args.irn_batch_size}); lower --irn_batch_size")
+    loader = training.make_loader(dataset, args.irn_batch_size, True, args.seed, args.num_workers, device,
+                                  drop_last=True)
+    max_step = len(loader) * args.irn_num_epoches
+
+    model = resnet50_irn.AffinityDisplacementLoss(path_index, backbone_weights=args.irn_backbone_weights)
+    edge_params, dp_params = model.trainable_parameters()
+    optimizer = torchutils.PolyOptimizer(
+        [{"params": edge_params, "lr": args.irn_learning_rate, "weight_decay": args.irn_weight_decay},
+         {"params": dp_params, "lr": 10 * args.irn_learning_rate, "weight_decay": args.irn_weight_decay}],
+        lr=args.irn_learning_rate, weight_decay=args.irn_weight_decay, max_step=max_step,
+        momentum=args.irn_momentum)
+    model = training.prepare_model(model, device)
+    pyutils.log(f"train_irn: {len(dataset)} images, batch {args.irn_batch_size}, {args.irn_num_epoches} epochs, "
+                f"{max_step} steps, device {device}")
+    training.fit(model, loader, optimizer, lambda m, b: irn_loss(m, b, device), args.irn_num_epoches,
+                 args.irn_weights_name, device, amp=args.amp, resume=args.resume, desc="train_irn")
+
+    net = training.unwrap(model)
+    net.mean_shift.running_mean.copy_(mean_displacement(model, args).to(net.mean_shift.running_mean.device))
+    pyutils.log(f"mean displacement {net.mean_shift.running_mean.tolist()}")
+    training.save_weights(args.irn_weights_name, model)
+    pyutils.log(f"saved {args.irn_weights_name}")

@@ -1,0 +1,25 @@
+"""Shared fixtures. `tiny_devkit` is a toy VOC devkit written once per test session."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from voc12.synth import write_devkit  # noqa: E402
+
+TINY_CLASSES = ("aeroplane", "boat", "car", "cat")
+
+
+def write_tiny_devkit(root, seed=0, **kw):
+    """12 images of 64x48 (10 train_aug, 5 of them train, 2 val) + 2 held-out, 4 classes."""
+    kw = {"num_images": 12, "size": (64, 48), "classes": TINY_CLASSES, "num_heldout": 2, **kw}
+    write_devkit(str(root), seed=seed, progress=False, **kw)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_devkit(tmp_path_factory):
+    """pathlib.Path of a devkit root with JPEGImages/, Annotations/, SegmentationClass/,
+    train_aug.txt, train.txt, val.txt, heldout.txt and cls_labels.txt. Treat it as read-only."""
+    return write_tiny_devkit(tmp_path_factory.mktemp("tiny_voc"))

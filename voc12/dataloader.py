@@ -1,0 +1,218 @@
+"""PASCAL VOC 2012 data sets for every step: classification training, multi-scale inference,
+segmentation / affinity training and raw images for the CRF.
+
+Lists and folders are always arguments. Items are plain numpy arrays (torch's default collate
+turns them into tensors). Each item draws its randomness from rng_for(idx), a generator seeded by
+(seed, epoch, idx), so the same item gets the same augmentation however many workers load it.
+"""
+import os
+
+import numpy as np
+
+from misc import imutils
+from misc.pyutils import UserError, require_dir, require_file
+from voc12 import CAT_LIST, CAT_NAME_TO_IDX, N_CAT
+
+IMG_FOLDER = "JPEGImages"
+IGNORE = 255
+
+
+def load_img_name_list(path):
+    """Image ids, one per line (extra columns, as in some VOC lists, are ignored)."""
+    require_file(path, "image list", "pass a text file with one image id per line")
+    with open(path) as f:
+        names = [line.split()[0] for line in f if line.strip()]
+    if not names:
+        raise UserError(f"image list is empty: {path}; it needs one image id per line")
+    return names
+
+
+def load_cls_labels(path):
+    """{id: float32 (20,) multi-hot} from lines `<id> <class name> <class name> ...`."""
+    require_file(path, "class label file", "build it with: python -m voc12.make_cls_labels")
+    labels = {}
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            vec = np.zeros(N_CAT, np.float32)
+            for name in parts[1:]:
+                if name not in CAT_NAME_TO_IDX:
+                    raise UserError(f"{path} line {line_no}: unknown class name '{name}' for {parts[0]}; "
+                                    f"use the VOC names ({', '.join(CAT_LIST)})")
+                vec[CAT_NAME_TO_IDX[name]] = 1.0
+            labels[parts[0]] = vec
+    return labels
+
+
+def get_img_path(name, voc12_root):
+    return os.path.join(voc12_root, IMG_FOLDER, name + ".jpg")
+
+
+class _Seeded:
+    """Per-item generators from (seed, epoch, idx): independent of worker count and load order."""
+
+    seed = 0
+    epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def rng_for(self, idx):
+        return np.random.default_rng([int(self.seed), int(self.epoch), int(idx)])
+
+
+class VOC12ImageDataset(_Seeded):
+    """Raw images of a list: {'name', 'img' uint8 HWC RGB}. Checks every image exists up front,
+    so a wrong root or list fails in a second instead of halfway through an epoch."""
+
+    def __init__(self, img_name_list_path, voc12_root):
+        require_dir(voc12_root, "VOC devkit folder",
+                    "pass --voc12_root pointing at the folder that holds JPEGImages "
+                    "(a toy one: python -m voc12.synth --out DIR)")
+        require_dir(os.path.join(voc12_root, IMG_FOLDER), "image folder",
+                    "--voc12_root must be a VOC devkit folder (VOCdevkit/VOC2012)")
+        self.img_name_list = load_img_name_list(img_name_list_path)
+        self.voc12_root = voc12_root
+        for name in self.img_name_list:
+            path = get_img_path(name, voc12_root)
+            if not os.path.isfile(path):
+                raise UserError(f"image of id {name} (listed in {img_name_list_path}) not found: {path}; "
+                                "fix --voc12_root or remove the id from the list")
+
+    def __len__(self):
+        return len(self.img_name_list)
+
+    def load_img(self, idx):
+        return imutils.read_image(get_img_path(self.img_name_list[idx], self.voc12_root))
+
+    def __getitem__(self, idx):
+        return {"name": self.img_name_list[idx], "img": self.load_img(idx)}
+
+
+class VOC12ClassificationDataset(VOC12ImageDataset):
+    """Images with their 20-class multi-hot label, augmented as SPEC step 1: random long-side
+    resize (bicubic), random flip, normalise, crop padded with 0 ('random' for training,
+    'top_left' for validation)."""
+
+    def __init__(self, img_name_list_path, voc12_root, cls_labels_path, resize_long=None,
+                 hor_flip=False, crop_size=None, crop_method=None, seed=0):
+        super().__init__(img_name_list_path, voc12_root)
+        if crop_method not in (None, "random", "top_left"):
+            raise ValueError(f"crop_method must be 'random' or 'top_left', got {crop_method!r}")
+        all_labels = load_cls_labels(cls_labels_path)
+        missing = [n for n in self.img_name_list if n not in all_labels]
+        if missing:
+            raise UserError(f"id {missing[0]} of {img_name_list_path} has no line in {cls_labels_path} "
+                            f"({len(missing)} ids missing); rebuild it with python -m voc12.make_cls_labels")
+        self.labels = [all_labels[n] for n in self.img_name_list]
+        self.resize_long = resize_long
+        self.hor_flip = hor_flip
+        self.crop_size = crop_size
+        self.crop_method = crop_method
+        self.seed = seed
+        self.normalize = imutils.Normalize()
+
+    def load_example(self, idx):
+        return self.img_name_list[idx], self.load_img(idx), self.labels[idx]
+
+    def transform(self, img, rng):
+        """uint8 HWC -> float32 CHW. The draws depend only on the image size, so two images of
+        the same size (an original and its pasted copy) given equal generators get equal boxes."""
+        if self.resize_long:
+            img = imutils.random_resize_long(img, self.resize_long[0], self.resize_long[1], rng)
+        if self.hor_flip:
+            img = imutils.random_lr_flip(img, rng)
+        img = self.normalize(img)
+        if self.crop_size:
+            if self.crop_method == "random":
+                img = imutils.random_crop(img, self.crop_size, 0, rng)
+            else:  # IRNet semantics: anything but 'random' is the deterministic top-left crop
+                img = imutils.top_left_crop(img, self.crop_size, 0)
+        return imutils.HWC_to_CHW(img)
+
+    def __getitem__(self, idx):
+        name, img, label = self.load_example(idx)
+        return {"name": name, "img": self.transform(img, self.rng_for(idx)), "label": label}
+
+
+class VOC12ClassificationDatasetMSF(VOC12ClassificationDataset):
+    """Multi-scale + flip inference input for make_cam: per scale a (2, 3, h, w) stack of the
+    normalised image and its mirror; 'size' is the original (H, W)."""
+
+    def __init__(self, img_name_list_path, voc12_root, cls_labels_path, scales=(1.0, 0.5, 1.5, 2.0)):
+        super().__init__(img_name_list_path, voc12_root, cls_labels_path)
+        self.scales = tuple(scales)
+
+    def __getitem__(self, idx):
+        name, img, label = self.load_example(idx)
+        stacks = []
+        for s in self.scales:
+            x = img if s == 1.0 else imutils.pil_rescale(img, s, 3)
+            x = imutils.HWC_to_CHW(self.normalize(x))
+            stacks.append(np.stack([x, x[:, :, ::-1]], axis=0))
+        return {"name": name, "img": stacks, "size": (img.shape[0], img.shape[1]), "label": label}
+
+
+class VOC12SegmentationDataset(VOC12ImageDataset):
+    """Image + label PNG from label_dir: rescale (image bicubic, label nearest), flip, normalise,
+    crop (image padded with 0, label with 255 so padding is ignored by the loss)."""
+
+    def __init__(self, img_name_list_path, label_dir, crop_size, voc12_root, rescale=None,
+                 hor_flip=False, crop_method="random", seed=0):
+        super().__init__(img_name_list_path, voc12_root)
+        require_dir(label_dir, "label folder", "run the step that writes the label PNGs first")
+        for name in self.img_name_list:
+            path = os.path.join(label_dir, name + ".png")
+            if not os.path.isfile(path):
+                raise UserError(f"label PNG of id {name} not found: {path}; "
+                                "run the step that writes it, or fix the label folder")
+        self.label_dir = label_dir
+        self.crop_size = crop_size
+        self.rescale = rescale
+        self.hor_flip = hor_flip
+        self.crop_method = crop_method
+        self.seed = seed
+        self.normalize = imutils.Normalize()
+
+    def __getitem__(self, idx):
+        name = self.img_name_list[idx]
+        rng = self.rng_for(idx)
+        img = self.load_img(idx)
+        label = imutils.read_label_png(os.path.join(self.label_dir, name + ".png"))
+        if label.shape != img.shape[:2]:
+            raise UserError(f"label PNG of {name} is {label.shape}, its image {img.shape[:2]}; "
+                            "delete the label folder and rerun the step that wrote it")
+        if self.rescale:
+            img, label = imutils.random_scale((img, label), self.rescale, (3, 0), rng)
+        if self.hor_flip:
+            img, label = imutils.random_lr_flip((img, label), rng)
+        img = self.normalize(img)
+        if self.crop_method == "random":
+            img, label = imutils.random_crop((img, label), self.crop_size, (0, IGNORE), rng)
+        else:
+            img = imutils.top_left_crop(img, self.crop_size, 0)
+            label = imutils.top_left_crop(label, self.crop_size, IGNORE)
+        return {"name": name, "img": imutils.HWC_to_CHW(img), "label": np.ascontiguousarray(label)}
+
+
+class VOC12AffinityDataset(VOC12SegmentationDataset):
+    """Segmentation items plus inter-pixel affinity targets for IRN: the cropped label is shrunk
+    x0.25 with nearest neighbour (PIL) to the feature stride, then paired by the path index."""
+
+    def __init__(self, img_name_list_path, label_dir, crop_size, voc12_root, indices_from, indices_to,
+                 rescale=None, hor_flip=False, crop_method="random", seed=0):
+        super().__init__(img_name_list_path, label_dir, crop_size, voc12_root, rescale=rescale,
+                         hor_flip=hor_flip, crop_method=crop_method, seed=seed)
+        self.indices_from = indices_from
+        self.indices_to = indices_to
+
+    def __getitem__(self, idx):
+        from misc.indexing import affinity_labels  # imported late: indexing is a heavier module
+
+        out = super().__getitem__(idx)
+        small = imutils.pil_rescale(out["label"], 0.25, 0)
+        bg_pos, fg_pos, neg = affinity_labels(small, self.indices_from, self.indices_to)
+        out["aff_bg_pos_label"], out["aff_fg_pos_label"], out["aff_neg_label"] = bg_pos, fg_pos, neg
+        return out
