@@ -33,13 +33,6 @@ def str2bool(v):
     raise argparse.ArgumentTypeError(f"expected True or False, got {v!r}")
 
 
-def floats(n):
-    def parse(v):
-        return tuple(float(x) for x in v.replace(",", " ").split())
-    parse.__name__ = f"{n} numbers"
-    return parse
-
-
 def add_switch(parser, name, help=None):
     """--name True|False (as in the reference, but typed) and --no-name."""
     parser.add_argument(f"--{name}", type=str2bool, nargs="?", const=True, default=True, metavar="BOOL", help=help)
@@ -76,7 +69,8 @@ def build_parser():
     cam.add_argument("--from_scratch", type=str2bool, nargs="?", const=True, default=False,
                      help="demo only: train every stage with BatchNorm in training mode")
     cam.add_argument("--cam_crop_size", default=512, type=int)
-    cam.add_argument("--cam_resize_long", default=(320, 640), type=floats(2), help="random long side range")
+    cam.add_argument("--cam_resize_long", default=(320, 640), type=float, nargs=2, metavar=("MIN", "MAX"),
+                     help="random long side range")
     cam.add_argument("--cam_batch_size", default=16, type=int)
     cam.add_argument("--cam_num_epoches", default=5, type=int)
     cam.add_argument("--cam_learning_rate", default=0.1, type=float)
@@ -84,7 +78,7 @@ def build_parser():
     cam.add_argument("--cam_momentum", default=None, type=float,
                      help="SGD momentum; unset reproduces the reference (momentum = weight decay)")
     cam.add_argument("--cam_eval_thres", default=0.15, type=float)
-    cam.add_argument("--cam_scales", default=(1.0, 0.5, 1.5, 2.0), type=floats("n"))
+    cam.add_argument("--cam_scales", default=(1.0, 0.5, 1.5, 2.0), type=float, nargs="+")
 
     ir = p.add_argument_group("inter-pixel relations")
     ir.add_argument("--conf_fg_thres", default=0.30, type=float)
@@ -92,7 +86,7 @@ def build_parser():
     ir.add_argument("--irn_backbone_weights", default=None,
                     help="backbone of the IRN (default: --backbone_weights); 'cam' takes the stage's CAM network")
     ir.add_argument("--irn_crop_size", default=512, type=int)
-    ir.add_argument("--irn_rescale", default=(0.5, 1.5), type=floats(2))
+    ir.add_argument("--irn_rescale", default=(0.5, 1.5), type=float, nargs=2, metavar=("MIN", "MAX"))
     ir.add_argument("--irn_batch_size", default=32, type=int)
     ir.add_argument("--irn_num_epoches", default=3, type=int)
     ir.add_argument("--irn_learning_rate", default=0.1, type=float)
@@ -107,7 +101,7 @@ def build_parser():
                      help="instances from stage I pseudo masks, or from ground truth (upper-bound ablation)")
     cda.add_argument("--pool_min_ratio", default=0.1, type=float)
     cda.add_argument("--pool_max_ratio", default=0.7, type=float)
-    cda.add_argument("--cda_rotation", default=(-90.0, 90.0), type=floats(2))
+    cda.add_argument("--cda_rotation", default=(-90.0, 90.0), type=float, nargs=2, metavar=("MIN", "MAX"))
     cda.add_argument("--cda_max_size", default=0.7, type=float)
     cda.add_argument("--cda_blend", default="none", choices=["none", "gaussian"])
     cda.add_argument("--cda_scale_jitter", type=str2bool, nargs="?", const=True, default=False)

@@ -104,7 +104,8 @@ def edge_to_affinity(edge, paths_indices):
     for ind in paths_indices:
         ind = torch.as_tensor(ind, device=edge.device)
         vals = edge[:, ind.reshape(-1)].view(edge.size(0), *ind.shape)
-        aff.append(1 - vals.amax(dim=2))
+        # max (not amax): on ties the gradient goes to one path pixel, as a max-pool's does
+        aff.append(1 - vals.max(dim=2).values)
     return torch.cat(aff, dim=1)
 
 
@@ -153,11 +154,11 @@ def to_transition_matrix(affinity_dense, beta, times):
     return trans
 
 
-def _edge_grid(x, edge):
+def _edge_grid(x, edge, dtype=None):
     height, width = x.shape[-2:]
     if edge.numel() != height * width:
         raise ValueError(f"edge has {tuple(edge.shape)}, expected {height}x{width} values")
-    return edge.reshape(1, height, width).to(x.dtype)
+    return edge.reshape(1, height, width).to(dtype or x.dtype)
 
 
 def propagate_to_edge_dense(x, edge, radius=5, beta=10, exp_times=8):
@@ -264,7 +265,7 @@ def propagate_to_edge(x, edge, radius=5, beta=10, exp_times=8, walk_dtype=torch.
 def _walk(x, edge, radius, beta, exp_times, walk_dtype):
     height, width = x.shape[-2:]
     n = height * width
-    edge = _edge_grid(x, edge).to(walk_dtype)
+    edge = _edge_grid(x, edge, walk_dtype)
     neighbors, weights = sparse_transition(edge, radius=radius, beta=beta)
     # x_new^T = M x^T with M[j, neighbors[d, j]] = weights[d, j]: one CSR row per pixel
     n_nb = neighbors.size(0)
