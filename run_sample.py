@@ -39,76 +39,107 @@ def add_switch(parser, name, help=None):
     parser.add_argument(f"--no-{name}", dest=name, action="store_false", help=argparse.SUPPRESS)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        # a mistyped flag is a bad input like any other: one line and exit status 2, not the usage block
+        raise pyutils.UserError(f"{message} (see python run_sample.py --help)")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     env = p.add_argument_group("environment")
     env.add_argument("--voc12_root", help="VOC 2012 devkit: JPEGImages/, SegmentationClass/, ImageSets/")
     env.add_argument("--work_dir", default="work", help="every output goes under this folder")
-    env.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    env.add_argument("--num_workers", default=min(8, os.cpu_count() or 1), type=int)
-    env.add_argument("--seed", default=0, type=int)
+    env.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                     help="cuda when available, else cpu")
+    env.add_argument("--num_workers", default=min(8, os.cpu_count() or 1), type=int,
+                     help="data-loader workers and CRF processes (default: cores, at most 8)")
+    env.add_argument("--seed", default=0, type=int, help="seeds weights, shuffles and every augmentation")
     env.add_argument("--amp", type=str2bool, nargs="?", const=True, default=False,
                      help="bf16 autocast on CUDA (no effect on CPU)")
     env.add_argument("--resume", type=str2bool, nargs="?", const=True, default=False,
-                     help="continue training from the last epoch checkpoint (<weights>.ckpt)")
+                     help="continue training from the last epoch checkpoint (<weights>.ckpt, kept after training: "
+                          "a finished training is left as it is)")
     env.add_argument("--force", type=str2bool, nargs="?", const=True, default=False,
                      help="redo per-image outputs that already exist and are newer than their inputs")
     env.add_argument("--demo", action="store_true",
                      help="toy devkit and CPU-sized settings; a randomly initialised backbone trained from scratch")
 
     data = p.add_argument_group("dataset")
-    data.add_argument("--train_list", default="voc12/train_aug.txt")
-    data.add_argument("--val_list", default="voc12/val.txt")
-    data.add_argument("--infer_list", default="voc12/train.txt")
-    data.add_argument("--cls_labels", default="voc12/cls_labels.txt")
+    data.add_argument("--train_list", default="voc12/train_aug.txt",
+                      help="images that train both networks (and get CAMs and IR labels)")
+    data.add_argument("--val_list", default="voc12/val.txt", help="validation loss of train_cam")
+    data.add_argument("--infer_list", default="voc12/train.txt",
+                      help="images that get pseudo masks (and feed the instance pool)")
+    data.add_argument("--cls_labels", default="voc12/cls_labels.txt",
+                      help="image-level labels: <id> <class name> ... per line")
     data.add_argument("--chainer_eval_set", default="train",
                       help="split of <voc12_root>/ImageSets/Segmentation evaluated by the eval steps")
+    data.add_argument("--eval_list", default=None,
+                      help="list file to evaluate instead of --chainer_eval_set (e.g. a held-out list)")
 
     cam = p.add_argument_group("class activation map")
     cam.add_argument("--backbone_weights", default="imagenet", help="imagenet | none | PATH to a ResNet-50 state dict")
     cam.add_argument("--from_scratch", type=str2bool, nargs="?", const=True, default=False,
                      help="demo only: train every stage with BatchNorm in training mode")
-    cam.add_argument("--cam_crop_size", default=512, type=int)
+    cam.add_argument("--cam_crop_size", default=512, type=int, help="random crop of train_cam")
     cam.add_argument("--cam_resize_long", default=(320, 640), type=float, nargs=2, metavar=("MIN", "MAX"),
                      help="random long side range")
-    cam.add_argument("--cam_batch_size", default=16, type=int)
+    cam.add_argument("--cam_batch_size", default=16, type=int,
+                     help="global batch; with CDA half originals, half their copies")
     cam.add_argument("--cam_num_epoches", default=5, type=int)
-    cam.add_argument("--cam_learning_rate", default=0.1, type=float)
+    cam.add_argument("--cam_learning_rate", default=0.1, type=float, help="backbone lr; the classifier gets 10x")
     cam.add_argument("--cam_weight_decay", default=1e-4, type=float)
     cam.add_argument("--cam_momentum", default=None, type=float,
                      help="SGD momentum; unset reproduces the reference (momentum = weight decay)")
-    cam.add_argument("--cam_eval_thres", default=0.15, type=float)
-    cam.add_argument("--cam_scales", default=(1.0, 0.5, 1.5, 2.0), type=float, nargs="+")
+    cam.add_argument("--cam_eval_thres", default=0.15, type=float, help="background score of eval_cam")
+    cam.add_argument("--cam_scales", default=(1.0, 0.5, 1.5, 2.0), type=float, nargs="+",
+                     help="make_cam scales (each with its flip)")
+    cam.add_argument("--cam_infer_batch", default=None, type=int,
+                     help="make_cam: images of one size per forward (default 4 on CUDA, 1 on CPU)")
 
     ir = p.add_argument_group("inter-pixel relations")
-    ir.add_argument("--conf_fg_thres", default=0.30, type=float)
-    ir.add_argument("--conf_bg_thres", default=0.05, type=float)
+    ir.add_argument("--conf_fg_thres", default=0.30, type=float,
+                    help="background score for confident foreground (IR labels)")
+    ir.add_argument("--conf_bg_thres", default=0.05, type=float,
+                    help="background score for confident background (IR labels)")
     ir.add_argument("--irn_backbone_weights", default=None,
                     help="backbone of the IRN (default: --backbone_weights); 'cam' takes the stage's CAM network")
-    ir.add_argument("--irn_crop_size", default=512, type=int)
-    ir.add_argument("--irn_rescale", default=(0.5, 1.5), type=float, nargs=2, metavar=("MIN", "MAX"))
+    ir.add_argument("--irn_crop_size", default=512, type=int,
+                    help="random crop of train_irn; images are padded to it at inference")
+    ir.add_argument("--irn_rescale", default=(0.5, 1.5), type=float, nargs=2, metavar=("MIN", "MAX"),
+                    help="random rescale range of train_irn")
     ir.add_argument("--irn_batch_size", default=32, type=int)
     ir.add_argument("--irn_num_epoches", default=3, type=int)
-    ir.add_argument("--irn_learning_rate", default=0.1, type=float)
+    ir.add_argument("--irn_learning_rate", default=0.1, type=float,
+                    help="edge branch lr; the displacement branch gets 10x")
     ir.add_argument("--irn_weight_decay", default=1e-4, type=float)
-    ir.add_argument("--irn_momentum", default=None, type=float)
-    ir.add_argument("--beta", default=10, type=float)
+    ir.add_argument("--irn_momentum", default=None, type=float,
+                    help="SGD momentum; unset reproduces the reference (momentum = weight decay)")
+    ir.add_argument("--beta", default=10, type=float, help="affinity exponent of the random walk")
     ir.add_argument("--exp_times", default=8, type=int, help="the random walk takes 2**exp_times steps")
-    ir.add_argument("--sem_seg_bg_thres", default=0.25, type=float)
+    ir.add_argument("--sem_seg_bg_thres", default=0.25, type=float, help="background score of the pseudo masks")
 
     cda = p.add_argument_group("context decoupling augmentation (stage II)")
     cda.add_argument("--pool_source", default="sem_seg", choices=["sem_seg", "gt"],
                      help="instances from stage I pseudo masks, or from ground truth (upper-bound ablation)")
-    cda.add_argument("--pool_min_ratio", default=0.1, type=float)
-    cda.add_argument("--pool_max_ratio", default=0.7, type=float)
-    cda.add_argument("--cda_rotation", default=(-90.0, 90.0), type=float, nargs=2, metavar=("MIN", "MAX"))
-    cda.add_argument("--cda_max_size", default=0.7, type=float)
-    cda.add_argument("--cda_blend", default="none", choices=["none", "gaussian"])
-    cda.add_argument("--cda_scale_jitter", type=str2bool, nargs="?", const=True, default=False)
-    cda.add_argument("--cda_num_instances", default=1, type=int)
+    cda.add_argument("--pool_min_ratio", default=0.1, type=float,
+                     help="smallest foreground share of an image kept in the pool (inclusive)")
+    cda.add_argument("--pool_max_ratio", default=0.7, type=float,
+                     help="largest foreground share kept in the pool (inclusive)")
+    cda.add_argument("--cda_rotation", default=(-90.0, 90.0), type=float, nargs=2, metavar=("MIN", "MAX"),
+                     help="rotation range of pasted objects, degrees")
+    cda.add_argument("--cda_max_size", default=0.7, type=float,
+                     help="pasted object at most this share of the image height and width")
+    cda.add_argument("--cda_blend", default="none", choices=["none", "gaussian"],
+                     help="hard paste, or blend with a 3x3 Gaussian-blurred mask")
+    cda.add_argument("--cda_scale_jitter", type=str2bool, nargs="?", const=True, default=False,
+                     help="also scale the object by a factor in [0.8, 1.2]")
+    cda.add_argument("--cda_num_instances", default=1, type=int,
+                     help="instances pasted per image, classes without repetition")
 
     out = p.add_argument_group("outputs (relative paths are under --work_dir)")
-    out.add_argument("--log_name", default="run.log")
+    out.add_argument("--log_name", default="run.log", help="log file")
     out.add_argument("--cam_weights_name", default="sess/res50_cam.pth")
     out.add_argument("--irn_weights_name", default="sess/res50_irn.pth")
     out.add_argument("--cam_out_dir", default="result/cam")
@@ -150,8 +181,32 @@ def check_args(args):
     if args.stage2 and args.cda_train_cam_pass and (args.cam_batch_size < 2 or args.cam_batch_size % 2):
         raise pyutils.UserError(f"CDA pairs each original with its copy: --cam_batch_size must be even and "
                                 f"at least 2, got {args.cam_batch_size}")
+    # torchrun: the global batch is split evenly over the processes (a CDA batch is pairs: per pair, not image)
+    world = dist.world_size()
+    for name, on, unit in (("cam_batch_size", args.stage1 and args.train_cam_pass, 1),
+                           ("cam_batch_size", args.stage2 and args.cda_train_cam_pass, 2),
+                           ("irn_batch_size", (args.stage1 and args.train_irn_pass)
+                            or (args.stage2 and args.cda_train_irn_pass), 1)):
+        if on and getattr(args, name) % (unit * world):
+            raise pyutils.UserError(f"--{name} {getattr(args, name)} is the global batch of {world} processes"
+                                    f"{' in CDA pairs' if unit == 2 else ''}: make it a multiple of {unit * world}")
     if not args.cam_scales or args.irn_crop_size % 4:
         raise pyutils.UserError("--cam_scales needs at least one scale and --irn_crop_size a multiple of 4")
+    if args.irn_crop_size < 76:  # train_irn pairs pixels up to radius 10 apart on the stride-4 map: 19 columns
+        raise pyutils.UserError(f"--irn_crop_size must be at least 76, got {args.irn_crop_size}")
+    for name in ("cam_learning_rate", "irn_learning_rate", "beta", "cam_scales", "cam_resize_long", "irn_rescale"):
+        v = getattr(args, name)
+        if min(v) <= 0 if isinstance(v, (list, tuple)) else v <= 0:
+            raise pyutils.UserError(f"--{name} must be positive, got {v}")
+    for name in ("cam_weight_decay", "irn_weight_decay"):
+        if getattr(args, name) < 0:
+            raise pyutils.UserError(f"--{name} must not be negative, got {getattr(args, name)}")
+    for name in ("cam_resize_long", "irn_rescale", "cda_rotation"):
+        lo, hi = getattr(args, name)
+        if lo > hi:
+            raise pyutils.UserError(f"--{name} MIN MAX: MIN must not exceed MAX, got {lo} {hi}")
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise pyutils.UserError(f"--device {args.device}, but PyTorch sees no CUDA device here; use --device cpu")
     if args.voc12_root is None:
         raise pyutils.UserError("--voc12_root is required (the VOC 2012 devkit folder), or use --demo")
     pyutils.require_dir(os.path.join(args.voc12_root, "JPEGImages"), "JPEGImages folder of --voc12_root",
@@ -187,6 +242,21 @@ def resolve_paths(args):
     args.results_path = os.path.join(args.work_dir, "results.json")
     args.cda_samples_path = os.path.join(args.work_dir, "cda_samples.png")
     os.makedirs(os.path.join(args.work_dir, "sess"), exist_ok=True)
+
+
+def remove_leftovers(args):
+    """Delete the temporary files a killed run left (atomic writes that never got renamed) in every output
+    folder, so a rerun ends with nothing half-written anywhere. Outputs themselves are never touched."""
+    def outside(paths):  # the work dir is searched as a whole
+        work = os.path.abspath(args.work_dir) + os.sep
+        return list(dict.fromkeys(p for p in paths if not os.path.abspath(p).startswith(work)))
+    folders = outside(getattr(args, n) for n in ("cam_out_dir", "ir_label_out_dir", "sem_seg_out_dir",
+                                                  "cam_aug_out_dir", "ir_label_aug_out_dir", "sem_seg_aug_out_dir"))
+    parents = outside(os.path.dirname(os.path.abspath(getattr(args, n))) for n in (
+        "cam_weights_name", "irn_weights_name", "cam_aug_weights_name", "irn_aug_weights_name", "pool_dir"))
+    n = pyutils.remove_temp_files(args.work_dir, *folders) + pyutils.remove_temp_files(*parents, recursive=False)
+    if n:
+        pyutils.log(f"removed {n} temporary files left by an interrupted run")
 
 
 def run_step(module, args, label):
@@ -235,10 +305,13 @@ def main(argv=None):
     from misc import demo
     if "--demo" in argv:
         parser.set_defaults(**demo.DEFAULTS)
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         args.device = dist.init_distributed_mode(args.device)
         if args.demo:
+            if dist.is_main():  # rank 0 writes the toy devkit if missing; then every process points its flags at it
+                demo.prepare(args)
+            dist.barrier()
             demo.prepare(args)
         check_args(args)
         resolve_paths(args)
@@ -246,6 +319,9 @@ def main(argv=None):
         if not dist.is_main():
             pyutils.get_logger().setLevel("WARNING")
         pyutils.log(f"run_sample.py {' '.join(argv)}\narguments: {vars(args)}")
+        if dist.is_main():
+            remove_leftovers(args)
+        dist.barrier()
         if args.demo:
             pyutils.log(demo.BANNER)
         run_pipeline(args)
@@ -257,7 +333,15 @@ def main(argv=None):
                                        "CDA on IRNet: " + args.voc12_root, note=demo.BANNER if args.demo else "")
             pyutils.log(f"report: {path}")
     except pyutils.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from tqdm import tqdm
+        # a progress bar the failed step left open would otherwise take the start of the message's line
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+        print(f"error: {pyutils.one_line(e)}", file=sys.stderr)
+        # Free the failed step's frames now, by reference count: a DataLoader among them then stops its workers
+        # at once. Left to the garbage collector (a re-raised worker error makes a reference cycle) its queues
+        # may go first, and torch waits 5 s for each worker before killing it.
+        e.__traceback__ = None
         return 2
     finally:
         dist.cleanup()

@@ -120,7 +120,8 @@ def build_pool(ids, mask_dir, image_dir, out_dir, min_ratio=0.1, max_ratio=0.7, 
     rejected = {"no_foreground": 0, "several_classes": 0, "too_small": 0, "too_large": 0}
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.", dir=parent)
+    # the ".tmp" suffix lets the driver recognise (misc.pyutils.TEMP_NAME) and delete it after a kill
+    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.", suffix=".tmp", dir=parent)
     try:
         for name in tqdm(ids, desc="instance pool", unit="img"):
             mask_path = os.path.join(mask_dir, name + ".png")
@@ -186,7 +187,7 @@ def _replace_dir(new_dir, out_dir):
     """Move the finished folder into place; the old pool is only deleted once the new one is there."""
     old = None
     if os.path.exists(out_dir):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.old.",
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.old.", suffix=".tmp",
                                dir=os.path.dirname(os.path.abspath(out_dir)))
         os.rmdir(old)
         os.replace(out_dir, old)

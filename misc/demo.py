@@ -8,12 +8,12 @@ That is a demo mode, never a default for real runs.
 import os
 
 TOY_ROOT = "data/toy_voc"
-TOY = dict(num_images=360, size=(128, 96), seed=0, context_bias=0.9, num_heldout=120,
+TOY = dict(num_images=300, size=(128, 96), seed=0, context_bias=0.9, num_heldout=100,
            classes=["aeroplane", "boat", "car", "cow", "train", "tvmonitor"])
 
 DEFAULTS = dict(
     work_dir="work_demo", backbone_weights="none", from_scratch=True, irn_backbone_weights="cam",
-    cam_crop_size=112, cam_resize_long=(96.0, 160.0), cam_batch_size=16, cam_num_epoches=5,
+    cam_crop_size=96, cam_resize_long=(80.0, 128.0), cam_batch_size=16, cam_num_epoches=5,
     cam_learning_rate=0.01, cam_momentum=0.9, cam_scales=(1.0, 0.5, 1.5),
     irn_crop_size=96, irn_batch_size=16, irn_num_epoches=3, irn_learning_rate=0.05, irn_momentum=0.9,
     num_workers=2,
@@ -27,7 +27,11 @@ def prepare(args):
     """Write the toy devkit if it is missing and point the list flags at it."""
     if args.voc12_root is None:
         args.voc12_root = TOY_ROOT
-    if not os.path.isdir(os.path.join(args.voc12_root, "JPEGImages")):
+    # synth.json is written last: without it our toy devkit is a half-written one (an interrupted first run)
+    # and is written again. Another folder given with --demo only needs its images.
+    done = (os.path.isfile(os.path.join(args.voc12_root, "synth.json")) if args.voc12_root == TOY_ROOT
+            else os.path.isdir(os.path.join(args.voc12_root, "JPEGImages")))
+    if not done:
         from voc12 import synth
         print(f"writing the toy devkit to {args.voc12_root} ...")
         synth.write_devkit(args.voc12_root, **TOY)

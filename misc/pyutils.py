@@ -3,6 +3,8 @@ import contextlib
 import json
 import logging
 import os
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -16,6 +18,19 @@ class UserError(Exception):
     The driver prints the message as one line and exits with status 2; no traceback.
     A bug is any other exception and keeps its traceback.
     """
+
+
+def one_line(err):
+    """The message of a UserError as one line.
+
+    A DataLoader worker re-raises it in the main process with the worker's whole traceback as the
+    message ("Caught UserError in DataLoader worker process 0. Original Traceback ..."), whose last
+    line holds the original message.
+    """
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        return lines[-1].split("UserError: ", 1)[-1].strip()
+    return " ".join(line.strip() for line in lines)
 
 
 def require_file(path, what, hint=""):
@@ -47,6 +62,34 @@ def atomic_path(path):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+# Names of what atomic_path (and cda.pool's temporary folders) leave behind when the process is killed:
+# ".<name>.<8 random characters>.tmp[.<ext>]".
+TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def remove_temp_files(*roots, recursive=True):
+    """Delete the temporaries an interrupted run left in the folders `roots`; return how many.
+
+    Only names made by atomic_path / cda.pool match TEMP_NAME, so nothing else is touched. Call it before
+    any step runs: a temporary is never trusted, it is only garbage.
+    """
+    removed = 0
+    for root in roots:
+        for parent, dirs, files in os.walk(root):
+            for name in [d for d in dirs if TEMP_NAME.match(d)]:
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+                dirs.remove(name)
+                removed += 1
+            for name in files:
+                if TEMP_NAME.match(name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(parent, name))
+                    removed += 1
+            if not recursive:
+                break
+    return removed
 
 
 def save_json(path, obj):

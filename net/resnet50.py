@@ -8,7 +8,6 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models import ResNet50_Weights
 
 from misc.pyutils import UserError
 from misc.torchutils import load_state_dict_checked, read_state_dict
@@ -91,12 +90,12 @@ class ResNet(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-IMAGENET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V1  # the weights IRNet started from
 
 
 def imagenet_state_dict():
     """torchvision's ResNet-50 IMAGENET1K_V1 through torch.hub's cache; one-line UserError offline."""
-    url = IMAGENET_WEIGHTS.url
+    from torchvision.models import ResNet50_Weights  # imported here: torchvision takes seconds to import
+    url = ResNet50_Weights.IMAGENET1K_V1.url  # the weights IRNet started from
     folder = os.path.join(torch.hub.get_dir(), "checkpoints")
     try:
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True)
@@ -125,7 +124,7 @@ def resnet50(strides=(2, 2, 2, 1), weights="none", from_scratch=False):
     if weights in (None, "none"):
         return model
     if weights == "imagenet":
-        state, source = imagenet_state_dict(), f"ImageNet weights {IMAGENET_WEIGHTS.url}"
+        state, source = imagenet_state_dict(), "torchvision's ImageNet weights"
         state = {k: v for k, v in state.items() if k not in ("fc.weight", "fc.bias")}
     else:
         state, source = read_state_dict(weights, "backbone weights"), f"backbone weights {weights}"

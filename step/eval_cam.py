@@ -4,22 +4,27 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from misc import metrics, pyutils
-from misc.imutils import read_label_png
+from misc import dist, metrics, pyutils
+from misc.imutils import image_size, read_label_png
 from step.make_cam import load_cam
 from voc12.dataloader import load_img_name_list
 
 
 def eval_ids(args):
     """Ids of the evaluation split, read from the devkit as the reference did (chainer_eval_set)."""
+    if getattr(args, "eval_list", None):
+        return load_img_name_list(args.eval_list)
     return load_img_name_list(os.path.join(args.voc12_root, "ImageSets", "Segmentation",
                                            args.chainer_eval_set + ".txt"))
 
 
 def gt_mask(args, name):
+    """The ground truth of `name`, checked against its image's size and VOC's labels (0..20, 255): a bad
+    mask is named as such instead of passing for a wrong prediction."""
     path = os.path.join(args.voc12_root, "SegmentationClass", name + ".png")
     pyutils.require_file(path, "ground-truth mask", "the devkit needs SegmentationClass/ for evaluation")
-    return read_label_png(path)
+    size = image_size(os.path.join(args.voc12_root, "JPEGImages", name + ".jpg"))
+    return read_label_png(path, size=size, num_classes=metrics.N_CLASSES)
 
 
 def cam_to_label(cam, keys, threshold):
@@ -28,6 +33,7 @@ def cam_to_label(cam, keys, threshold):
     return np.concatenate([[0], keys + 1])[np.argmax(scores, axis=0)]
 
 
+@dist.main_only  # one writer of results.json; the other processes wait here
 def run(args):
     conf = metrics.ConfusionMatrix()
     for name in tqdm(eval_ids(args), desc="eval_cam", dynamic_ncols=True):

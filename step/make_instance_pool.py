@@ -6,11 +6,13 @@ inference list); --pool_source gt reads <voc12_root>/SegmentationClass, an upper
 import os
 
 from cda.pool import build_pool
+from misc import dist
 from misc.pyutils import UserError, log
 from voc12 import CAT_LIST
 from voc12.dataloader import load_img_name_list
 
 
+@dist.main_only  # one process builds the pool folder; the others wait, then read it
 def run(args):
     if args.pool_source == "sem_seg":
         mask_dir = args.pool_mask_dir

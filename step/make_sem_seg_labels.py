@@ -46,7 +46,8 @@ def run(args):
     with torch.inference_mode():
         for pack in tqdm(loader, desc="make_sem_seg_labels", disable=not dist.is_main(), dynamic_ncols=True):
             size = tuple(int(s) for s in pack["size"])
-            cam = load_cam(args.cam_out_dir, pack["name"], size)
+            keys = torch.nonzero(torch.as_tensor(pack["label"]))[:, 0].numpy()
+            cam = load_cam(args.cam_out_dir, pack["name"], size, keys)
             edge, _ = model(pack["img"][0].to(device))
             cams = torch.from_numpy(cam["cam"]).to(device)
             label = walk_to_label(cams, cam["keys"], edge, size, args.beta, args.exp_times, args.sem_seg_bg_thres)

@@ -41,11 +41,12 @@ def classification_loss(model, batch, device):
 
 def validate(model, loader, device, amp):
     model.eval()
+    net = training.unwrap(model)  # not through DDP: shards differ in length, DDP's forward may sync buffers
     total, n = torch.zeros(2, dtype=torch.float64), 0
     with torch.inference_mode(), training.autocast(device, amp):
         for batch in loader:
             img, label = unpack(batch, device)
-            loss = F.multilabel_soft_margin_loss(model(img).float(), label, reduction="sum")
+            loss = F.multilabel_soft_margin_loss(net(img).float(), label, reduction="sum")
             total += torch.tensor([loss.item(), img.shape[0]], dtype=torch.float64)
     total = dist.all_reduce_sum(total)
     model.train()
@@ -78,6 +79,7 @@ def run(args):
                                       drop_last=False)
     max_step = len(loader) * args.cam_num_epoches  # (len(train) // batch) * epochs, as the reference
 
+    torch.manual_seed(args.seed)  # the head's (and a 'none' backbone's) initial weights: same seed, same run
     model = resnet50_cam.Net(backbone_weights=args.backbone_weights, from_scratch=args.from_scratch)
     backbone, head = model.trainable_parameters()
     optimizer = torchutils.PolyOptimizer(
@@ -92,8 +94,11 @@ def run(args):
     def after_epoch(epoch):
         pyutils.log(f"  validation loss {validate(model, val_loader, device, args.amp):.4f}")
 
-    training.fit(model, loader, optimizer, lambda m, b: classification_loss(m, b, device), args.cam_num_epoches,
-                 args.cam_weights_name, device, amp=args.amp, resume=args.resume, desc="train_cam",
-                 after_epoch=after_epoch)
+    ran = training.fit(model, loader, optimizer, lambda m, b: classification_loss(m, b, device),
+                       args.cam_num_epoches, args.cam_weights_name, device, amp=args.amp, resume=args.resume,
+                       desc="train_cam", after_epoch=after_epoch)
+    if not ran and training.weights_current(args.cam_weights_name):
+        pyutils.log(f"{args.cam_weights_name}: every epoch was done already, kept as it is")
+        return
     training.save_weights(args.cam_weights_name, model)
     pyutils.log(f"saved {args.cam_weights_name}")

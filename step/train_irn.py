@@ -29,7 +29,8 @@ def mean_displacement(model, args):
     with torch.inference_mode():
         for batch in tqdm(loader, desc="mean displacement", disable=not dist.is_main(), dynamic_ncols=True):
             with training.autocast(args.device, args.amp):
-                _, dp = model(training.to_device(batch["img"], args.device), False)
+                # not through DDP: shards differ in length, and DDP's forward may sync buffers
+                _, dp = training.unwrap(model)(training.to_device(batch["img"], args.device), False)
             per_image = dp.float().mean(dim=(2, 3)).double().cpu()
             total += torch.cat([per_image.sum(0), torch.tensor([per_image.shape[0]], dtype=torch.float64)])
     total = dist.all_reduce_sum(total)
@@ -51,6 +52,7 @@ def run(args):
                                   drop_last=True)
     max_step = len(loader) * args.irn_num_epoches
 
+    torch.manual_seed(args.seed)  # initial weights of the new layers: same seed, same run
     model = resnet50_irn.AffinityDisplacementLoss(path_index, backbone_weights=args.irn_backbone_weights)
     edge_params, dp_params = model.trainable_parameters()
     optimizer = torchutils.PolyOptimizer(
@@ -61,8 +63,11 @@ def run(args):
     model = training.prepare_model(model, device)
     pyutils.log(f"train_irn: {len(dataset)} images, batch {args.irn_batch_size}, {args.irn_num_epoches} epochs, "
                 f"{max_step} steps, device {device}")
-    training.fit(model, loader, optimizer, lambda m, b: irn_loss(m, b, device), args.irn_num_epoches,
-                 args.irn_weights_name, device, amp=args.amp, resume=args.resume, desc="train_irn")
+    ran = training.fit(model, loader, optimizer, lambda m, b: irn_loss(m, b, device), args.irn_num_epoches,
+                       args.irn_weights_name, device, amp=args.amp, resume=args.resume, desc="train_irn")
+    if not ran and training.weights_current(args.irn_weights_name):
+        pyutils.log(f"{args.irn_weights_name}: every epoch was done already, kept as it is")
+        return
 
     net = training.unwrap(model)
     net.mean_shift.running_mean.copy_(mean_displacement(model, args).to(net.mean_shift.running_mean.device))

@@ -159,6 +159,8 @@ class VOC12SegmentationDataset(VOC12ImageDataset):
     """Image + label PNG from label_dir: rescale (image bicubic, label nearest), flip, normalise,
     crop (image padded with 0, label with 255 so padding is ignored by the loss)."""
 
+    label_classes = None  # any uint8 label map; subclasses that need class indices say how many
+
     def __init__(self, img_name_list_path, label_dir, crop_size, voc12_root, rescale=None,
                  hor_flip=False, crop_method="random", seed=0):
         super().__init__(img_name_list_path, voc12_root)
@@ -180,10 +182,8 @@ class VOC12SegmentationDataset(VOC12ImageDataset):
         name = self.img_name_list[idx]
         rng = self.rng_for(idx)
         img = self.load_img(idx)
-        label = imutils.read_label_png(os.path.join(self.label_dir, name + ".png"))
-        if label.shape != img.shape[:2]:
-            raise UserError(f"label PNG of {name} is {label.shape}, its image {img.shape[:2]}; "
-                            "delete the label folder and rerun the step that wrote it")
+        label = imutils.read_label_png(os.path.join(self.label_dir, name + ".png"), size=img.shape[:2],
+                                       num_classes=self.label_classes)
         if self.rescale:
             img, label = imutils.random_scale((img, label), self.rescale, (3, 0), rng)
         if self.hor_flip:
@@ -200,6 +200,9 @@ class VOC12SegmentationDataset(VOC12ImageDataset):
 class VOC12AffinityDataset(VOC12SegmentationDataset):
     """Segmentation items plus inter-pixel affinity targets for IRN: the cropped label is shrunk
     x0.25 with nearest neighbour (PIL) to the feature stride, then paired by the path index."""
+
+    # IR labels: background 0, classes 1..20, 255 unsure; any other value would pass for a class of its own
+    label_classes = N_CAT + 1
 
     def __init__(self, img_name_list_path, label_dir, crop_size, voc12_root, indices_from, indices_to,
                  rescale=None, hor_flip=False, crop_method="random", seed=0):
