@@ -20,7 +20,6 @@ from misc import dist, pyutils
 STAGE1_STEPS = ["train_cam", "make_cam", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg",
                 "eval_sem_seg"]
 STEP_MODULES = {"make_sem_seg": "make_sem_seg_labels"}
-PAPER = {"stage1": {"cam": 48.3, "sem_seg": 66.5}, "stage2": {"cam": 50.8, "sem_seg": 67.7}}
 
 
 def str2bool(v):
@@ -287,6 +286,7 @@ def run_pipeline(args):
 
 
 def results_table(results):
+    from misc.report import PAPER
     """Stage I and stage II side by side, with the paper's VOC numbers for reference."""
     def cell(stage, metric):
         r = results.get(stage, {}).get(metric)

@@ -235,3 +235,10 @@ def crf_inference_label(img, labels, t=10, n_labels=21, gt_prob=0.7):
     d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(img, dtype=np.uint8), compat=10)
     q = np.asarray(d.inference(t)).reshape(n_labels, h, w)
     return np.argmax(q, axis=0)
+
+
+def bg_argmax(maps, bg_score):
+    """Index map of argmax over [bg_score, maps...] (K, H, W): 0 where no map beats the constant background
+    score, else 1 + the winning map. With labels = [0, keys + 1], labels[index] is the VOC label map."""
+    scores = np.concatenate([np.full((1,) + maps.shape[1:], bg_score, np.float32), maps])
+    return np.argmax(scores, axis=0)

@@ -2,10 +2,9 @@
 import numpy as np
 
 from misc import pyutils
+from voc12 import CAT_LIST
 
-VOC_NAMES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-             "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-             "train", "tvmonitor"]
+VOC_NAMES = ["background"] + list(CAT_LIST)
 N_CLASSES = 21
 
 

@@ -106,13 +106,6 @@ def load_json(path, default=None):
         return json.load(f)
 
 
-def update_json(path, key, value):
-    """Set results[key] = value in a JSON file, keeping every other entry."""
-    data = load_json(path, default={})
-    data[key] = value
-    save_json(path, data)
-
-
 def save_npz(path, **arrays):
     """Save arrays as an uncompressed .npz (no pickle), atomically."""
     with atomic_path(path) as tmp:

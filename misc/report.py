@@ -1,7 +1,7 @@
 """A self-contained HTML report of a run: results, per-class IoU, time per step and pictures.
 
 Everything is read back from files the steps wrote (results.json, CAM .npz, mask PNGs, pool preview,
-CDA samples), so the report can be rebuilt at any time: python -m misc.report --work_dir work --voc12_root ...
+CDA samples): run_sample.py rewrites it at the end of every run, also one with every step turned off.
 """
 import argparse
 import base64
@@ -81,13 +81,21 @@ def per_class_section(results):
     head = "".join(f"<th>{dict(STAGES)[s]}<br>{'CAM' if m == 'cam' else 'mask'}</th>" for s, m in cols)
     rows = []
     for name in metrics.VOC_NAMES:
-        cells = "".join(f"<td>{pct(results.get(s, {}).get(m, {}).get('iou', {}).get(name))}</td>" for s, m in cols)
-        rows.append(f"<tr><td>{name}</td>{cells}</tr>")
+        values = [results.get(s, {}).get(m, {}).get("iou", {}).get(name) for s, m in cols]
+        if all(v is None for v in values):
+            continue  # a class in neither ground truth nor prediction (e.g. not in the toy devkit)
+        rows.append(f"<tr><td>{name}</td>{''.join(f'<td>{pct(v)}</td>' for v in values)}</tr>")
     return f"<h2>Per-class IoU (%)</h2><table><tr><th>class</th>{head}</tr>{''.join(rows)}</table>"
 
 
 def timing_section(results):
-    secs = results.get("seconds", {})
+    order = ["make_instance_pool", "train_cam", "make_cam", "eval_cam", "cam_to_ir_label", "train_irn",
+             "make_sem_seg", "eval_sem_seg"]  # results.json keeps keys sorted; show the order steps run in
+
+    def rank(label):
+        stage, _, step = label.partition(": ")
+        return (stage, order.index(step) if step in order else len(order), step)
+    secs = dict(sorted(results.get("seconds", {}).items(), key=lambda kv: rank(kv[0])))
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.1f}</td></tr>" for k, v in secs.items())
     total = sum(secs.values())
     return (f"<h2>Time per step (s)</h2><table><tr><th>step</th><th>seconds</th></tr>{rows}"

@@ -116,8 +116,11 @@ def prepare_model(model, device):
     if str(device).startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
     if dist.is_dist():
+        # No buffer broadcast before each forward: frozen BatchNorm changes none, the IRN's path-index buffers
+        # are large constants, and sync_buffers aligns from-scratch BatchNorm statistics after each epoch.
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[torch.device(device).index] if str(device).startswith("cuda") else None)
+            model, device_ids=[torch.device(device).index] if str(device).startswith("cuda") else None,
+            broadcast_buffers=False)
     return model
 
 

@@ -165,6 +165,8 @@ class AffinityDisplacementLoss(Net):
         edge_out, dp_out = super().forward(x)
         if not return_loss:
             return edge_out, dp_out
+        # fp32 for the loss even under bf16 autocast: near 1 bf16 steps by 0.004, which would quantise affinities
+        edge_out, dp_out = edge_out.float(), dp_out.float()
         aff = self.to_affinity(torch.sigmoid(edge_out))
         pos_aff_loss = -torch.log(aff + 1e-5)
         neg_aff_loss = -torch.log(1 + 1e-5 - aff)

@@ -20,8 +20,7 @@ def confident_label(img, high_res, keys, fg_thres, bg_thres):
     labels = np.concatenate([[0], keys + 1])
 
     def crf_at(thres):
-        scores = np.concatenate([np.full((1,) + high_res.shape[1:], thres, np.float32), high_res])
-        pred = imutils.crf_inference_label(img, np.argmax(scores, axis=0), n_labels=labels.shape[0])
+        pred = imutils.crf_inference_label(img, imutils.bg_argmax(high_res, thres), n_labels=labels.shape[0])
         return labels[pred]
 
     fg, bg = crf_at(fg_thres), crf_at(bg_thres)

@@ -5,7 +5,7 @@ import numpy as np
 from tqdm import tqdm
 
 from misc import dist, metrics, pyutils
-from misc.imutils import image_size, read_label_png
+from misc.imutils import bg_argmax, image_size, read_label_png
 from step.make_cam import load_cam
 from voc12.dataloader import load_img_name_list
 
@@ -29,8 +29,7 @@ def gt_mask(args, name):
 
 def cam_to_label(cam, keys, threshold):
     """argmax over [threshold, cams], mapped to VOC labels (key + 1, background 0)."""
-    scores = np.concatenate([np.full((1,) + cam.shape[1:], threshold, np.float32), cam])
-    return np.concatenate([[0], keys + 1])[np.argmax(scores, axis=0)]
+    return np.concatenate([[0], keys + 1])[bg_argmax(cam, threshold)]
 
 
 @dist.main_only  # one writer of results.json; the other processes wait here

@@ -11,11 +11,9 @@ from net import resnet50_cam
 from voc12.dataloader import VOC12ClassificationDataset
 
 
-def paired_dataset(base, args):
+def paired_dataset(base, pool, args):
     """Wrap a classification set with the CDA paste augmentation (stage II)."""
     from cda.dataset import PairedDataset
-    from cda.pool import InstancePool
-    pool = InstancePool.load(args.pool_dir)
     return PairedDataset(base, pool, seed=args.seed, num_instances=args.cda_num_instances,
                          rotation=tuple(args.cda_rotation), max_size=args.cda_max_size, blend=args.cda_blend,
                          scale_jitter=(0.8, 1.2) if args.cda_scale_jitter else None)
@@ -66,7 +64,10 @@ def run(args):
                                          crop_size=args.cam_crop_size, crop_method="top_left", seed=args.seed)
     batch = args.cam_batch_size
     if cda:
-        train_set, val_set, batch = paired_dataset(train_set, args), paired_dataset(val_set, args), batch // 2
+        from cda.pool import InstancePool
+        pool = InstancePool.load(args.pool_dir)
+        train_set, val_set = paired_dataset(train_set, pool, args), paired_dataset(val_set, pool, args)
+        batch //= 2
         if dist.is_main():
             from cda.dataset import sample_grid
             sample_grid(train_set, 8, args.cda_samples_path)
