@@ -391,3 +391,14 @@ def test_make_instance_pool_user_errors(tiny_devkit, tmp_path):
     with pytest.raises(UserError, match="wider --pool_min_ratio"):  # nothing covers 99.9 % with one class
         make_instance_pool.run(pool_args(tiny_devkit, tmp_path, pool_min_ratio=0.999, pool_max_ratio=1.0))
     assert not (tmp_path / "pool").exists()
+
+
+def test_rotated_object_keeps_its_colour_at_the_border():
+    """Bilinear rotation must not darken the object's edge with the canvas fill (a dark fringe)."""
+    colour = np.array([200, 120, 40], np.uint8)
+    pool = InstancePool({2: [(np.broadcast_to(colour, (20, 30, 3)).copy(), np.ones((20, 30), bool))]}, NAMES)
+    img = np.zeros((60, 80, 3), np.uint8)
+    for seed in range(5):
+        aug, _, pasted = paste_instances(img, onehot(0), pool, np.random.default_rng(seed), rotation=(30, 60))
+        assert pasted.any()
+        assert np.abs(aug[pasted > 0].astype(int) - colour).max() <= 1
