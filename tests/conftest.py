@@ -23,3 +23,10 @@ def tiny_devkit(tmp_path_factory):
     """pathlib.Path of a devkit root with JPEGImages/, Annotations/, SegmentationClass/,
     train_aug.txt, train.txt, val.txt, heldout.txt and cls_labels.txt. Treat it as read-only."""
     return write_tiny_devkit(tmp_path_factory.mktemp("tiny_voc"))
+
+
+def devkit_flags(devkit, work_dir):
+    """run_sample.py flags that point every list at a toy devkit and every output under work_dir."""
+    d = str(devkit)
+    return ["--voc12_root", d, "--train_list", f"{d}/train_aug.txt", "--val_list", f"{d}/val.txt",
+            "--infer_list", f"{d}/train.txt", "--cls_labels", f"{d}/cls_labels.txt", "--work_dir", str(work_dir)]

@@ -5,6 +5,7 @@
 - one training step of the CAM network in two spawned processes: parameters equal across ranks and
   equal (1e-5) to one process trained on the same global batch.
 """
+from conftest import devkit_flags
 import contextlib
 import json
 import os
@@ -29,9 +30,7 @@ def free_port():
 
 
 def base_flags(devkit, work_dir):
-    d = str(devkit)
-    return ["--voc12_root", d, "--train_list", f"{d}/train_aug.txt", "--val_list", f"{d}/val.txt",
-            "--infer_list", f"{d}/train.txt", "--cls_labels", f"{d}/cls_labels.txt", "--work_dir", str(work_dir),
+    return devkit_flags(devkit, work_dir) + [
             "--backbone_weights", "none", "--cam_crop_size", "64", "--cam_resize_long", "48", "80",
             "--cam_scales", "1.0", "0.5", "--irn_crop_size", "96", "--irn_batch_size", "4",
             "--num_workers", "0", "--device", "cpu", "--exp_times", "4"]

@@ -1,4 +1,5 @@
 """The whole pipeline, stage I and stage II, on the tiny devkit: every output written, right shapes and values."""
+from conftest import devkit_flags
 import json
 import os
 
@@ -12,9 +13,7 @@ from voc12.dataloader import load_cls_labels, load_img_name_list
 
 
 def tiny_flags(devkit, work_dir):
-    d = str(devkit)
-    return ["--voc12_root", d, "--train_list", f"{d}/train_aug.txt", "--val_list", f"{d}/val.txt",
-            "--infer_list", f"{d}/train.txt", "--cls_labels", f"{d}/cls_labels.txt", "--work_dir", str(work_dir),
+    return devkit_flags(devkit, work_dir) + [
             "--backbone_weights", "none", "--from_scratch", "--cam_momentum", "0.9", "--cam_learning_rate", "0.01",
             "--cam_crop_size", "64", "--cam_resize_long", "48", "80", "--cam_batch_size", "4",
             "--cam_num_epoches", "1", "--cam_scales", "1.0", "0.5", "--irn_crop_size", "96",

@@ -1,6 +1,7 @@
 """Reliability: every bad input is one line on stderr and exit status 2 with nothing written lost; a killed
 per-image step resumes to the outputs of an uninterrupted run; a resumed training ends with the weights of an
 uninterrupted one; the same seed gives the same outputs twice."""
+from conftest import devkit_flags
 import os
 import re
 import shutil
@@ -24,9 +25,7 @@ FIRST = "2007_000000"  # first id of every list of the tiny devkit
 
 
 def flags(devkit, work, *extra):
-    d = str(devkit)
-    return ["--voc12_root", d, "--train_list", f"{d}/train_aug.txt", "--val_list", f"{d}/val.txt",
-            "--infer_list", f"{d}/train.txt", "--cls_labels", f"{d}/cls_labels.txt", "--work_dir", str(work),
+    return devkit_flags(devkit, work) + [
             "--backbone_weights", "none", "--from_scratch", "--cam_momentum", "0.9", "--cam_learning_rate", "0.01",
             "--cam_crop_size", "32", "--cam_resize_long", "32", "48", "--cam_batch_size", "2",
             "--cam_num_epoches", "1", "--cam_scales", "1.0", "0.5", "--irn_crop_size", "80",
