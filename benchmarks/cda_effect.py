@@ -6,10 +6,20 @@ the demo pipeline (stage I and stage II) and evaluates CAMs and pseudo masks on 
 
     python benchmarks/cda_effect.py                       # 2 biases x 3 seeds, about an hour on 2 CPU cores
     python benchmarks/cda_effect.py --seeds 0 --biases 0.9
+
+Variants for finding out why (each writes its own work folders, named after --name):
+
+    # stage II with a ground-truth instance pool, stage I reused from the runs above
+    python benchmarks/cda_effect.py --biases 0.9 --name gtpool --run_args="--pool_source gt" --reuse_stage1
+    # longer classifier training in both stages
+    python benchmarks/cda_effect.py --biases 0.9 --seeds 0 --name ep10 --run_args="--cam_num_epoches 10"
+
+A finished run keeps its numbers in <work>/cda_effect.json and is not run again.
 """
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 
@@ -22,6 +32,10 @@ from misc import demo  # noqa: E402
 from voc12 import synth  # noqa: E402
 
 METRICS = [("stage1", "cam"), ("stage2", "cam"), ("stage1", "sem_seg"), ("stage2", "sem_seg")]
+HELDOUT_DIRS = ["--cam_out_dir", "result/cam_heldout", "--sem_seg_out_dir", "result/sem_seg_heldout",
+                "--cam_aug_out_dir", "result/cam_aug_heldout", "--sem_seg_aug_out_dir", "result/sem_seg_aug_heldout"]
+NO_TRAINING = ["--no-train_cam_pass", "--no-cam_to_ir_label_pass", "--no-train_irn_pass", "--no-make_instance_pool_pass",
+               "--no-cda_train_cam_pass", "--no-cda_cam_to_ir_label_pass", "--no-cda_train_irn_pass"]
 
 
 def run(argv):
@@ -29,20 +43,35 @@ def run(argv):
         raise SystemExit(f"run_sample.py failed: {' '.join(argv)}")
 
 
-def one_run(devkit, work, seed):
-    """Full demo pipeline, then the held-out evaluation; returns {'train': results, 'heldout': results}."""
-    base = ["--demo", "--voc12_root", devkit, "--work_dir", work, "--seed", str(seed)]
+def work_dir(out, bias, seed, name):
+    return os.path.join(out, f"work_bias{bias}_seed{seed}" + (f"_{name}" if name else ""))
+
+
+def one_run(devkit, work, seed, extra=(), stage1_from=None):
+    """Full demo pipeline, then the held-out evaluation; returns {'train': results, 'heldout': results}.
+
+    With stage1_from (the work folder of a finished run with the same bias and seed) only stage II runs,
+    its pool taken from that run's stage I masks, and stage I's numbers are that run's."""
+    done = os.path.join(work, "cda_effect.json")
+    if os.path.isfile(done):
+        print(f"reusing {done}")
+        return json.load(open(done))
+    base = ["--demo", "--voc12_root", devkit, "--work_dir", work, "--seed", str(seed), *extra]
+    if stage1_from:
+        base += ["--no-stage1", "--sem_seg_out_dir", os.path.abspath(os.path.join(stage1_from, "result/sem_seg"))]
     run(base)
     out = {"train": json.load(open(os.path.join(work, "results.json")))}
     shutil.move(os.path.join(work, "results.json"), os.path.join(work, "results_train.json"))
     heldout = os.path.join(devkit, "heldout.txt")
-    run(base + ["--train_list", heldout, "--infer_list", heldout, "--eval_list", heldout,
-                "--cam_out_dir", "result/cam_heldout", "--sem_seg_out_dir", "result/sem_seg_heldout",
-                "--cam_aug_out_dir", "result/cam_aug_heldout", "--sem_seg_aug_out_dir", "result/sem_seg_aug_heldout",
-                "--no-train_cam_pass", "--no-cam_to_ir_label_pass", "--no-train_irn_pass",
-                "--no-make_instance_pool_pass", "--no-cda_train_cam_pass", "--no-cda_cam_to_ir_label_pass",
-                "--no-cda_train_irn_pass"])
+    dirs = HELDOUT_DIRS[:2] + HELDOUT_DIRS[4:] if stage1_from else HELDOUT_DIRS
+    run(base + ["--train_list", heldout, "--infer_list", heldout, "--eval_list", heldout, *dirs, *NO_TRAINING])
     out["heldout"] = json.load(open(os.path.join(work, "results.json")))
+    if stage1_from:
+        ref = json.load(open(os.path.join(stage1_from, "cda_effect.json")))
+        for split in out:
+            out[split]["stage1"] = ref[split]["stage1"]
+    json.dump(out, open(done + ".tmp", "w"), indent=1)
+    os.replace(done + ".tmp", done)
     return out
 
 
@@ -51,7 +80,13 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--biases", type=float, nargs="+", default=[0.9, 0.0])
     p.add_argument("--out", default="work_bench/cda_effect")
+    p.add_argument("--name", default="", help="variant name: suffix of the work folders and the summary file")
+    p.add_argument("--run_args", default="", help="extra run_sample.py flags for every run, in one string")
+    p.add_argument("--reuse_stage1", action="store_true",
+                   help="run stage II only, on the stage I of the plain runs (no --name) with the same bias and seed")
     args = p.parse_args()
+    extra = shlex.split(args.run_args)
+    suffix = f"_{args.name}" if args.name else ""
 
     rows = []
     for bias in args.biases:
@@ -60,13 +95,18 @@ def main():
             synth.write_devkit(devkit, **{**demo.TOY, "context_bias": bias})
         runs = []
         for seed in args.seeds:
-            runs.append(one_run(devkit, os.path.join(args.out, f"work_bias{bias}_seed{seed}"), seed))
-            json.dump(runs, open(os.path.join(args.out, f"runs_bias{bias}.json"), "w"), indent=1)
+            stage1_from = None
+            if args.reuse_stage1:
+                stage1_from = work_dir(args.out, bias, seed, "")
+                one_run(devkit, stage1_from, seed)  # the plain run first, if it is not there yet
+            runs.append(one_run(devkit, work_dir(args.out, bias, seed, args.name), seed, extra, stage1_from))
+            json.dump(runs, open(os.path.join(args.out, f"runs_bias{bias}{suffix}.json"), "w"), indent=1)
         for split in ("train", "heldout"):
             vals = np.array([[100 * r[split][s][m]["miou"] for s, m in METRICS] for r in runs])
             rows.append((bias, split, vals.mean(0), vals.std(0), vals[:, 1] - vals[:, 0], vals[:, 3] - vals[:, 2]))
 
-    print(f"\nCDA effect on the toy devkit, seeds {args.seeds} (mIoU %, mean ± std over seeds)")
+    title = f"CDA effect on the toy devkit{' (' + args.name + ': ' + args.run_args + ')' if args.name else ''}"
+    print(f"\n{title}, seeds {args.seeds} (mIoU %, mean ± std over seeds)")
     print(f"{'bias':>5} {'eval on':<8} {'CAM I':>11} {'CAM II':>11} {'gain':>11} {'mask I':>11} {'mask II':>11} {'gain':>11}")
     for bias, split, mean, std, cam_gain, mask_gain in rows:
         cells = [f"{mean[i]:5.1f} ± {std[i]:3.1f}" for i in range(4)]

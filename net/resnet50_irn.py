@@ -176,20 +176,38 @@ class AffinityDisplacementLoss(Net):
         return pos_aff_loss, neg_aff_loss, dp_fg_loss, dp_bg_loss
 
 
-def irn_loss(outputs, bg_pos_label, fg_pos_label, neg_label):
+def irn_loss(outputs, bg_pos_label, fg_pos_label, neg_label, sum_over_processes=None, world_size=1):
     """Weight AffinityDisplacementLoss's per-pair losses with the affinity labels (N, D, P), as IRNet's
-    train_irn: each term is a label-weighted mean; returns dict(pos, neg, dp_fg, dp_bg, total)."""
+    train_irn: each term is a label-weighted mean; returns dict(pos, neg, dp_fg, dp_bg, total).
+
+    Under DDP (sum_over_processes sums a tensor over the world_size processes) each mean is over the
+    global batch, as in one process: the label counts are summed over processes and each process's term
+    is scaled by world_size, so DDP's average of the per-process gradients is the gradient of the
+    global-batch loss. The values returned are then the global ones (detached) except 'total', which
+    carries this process's share for backward."""
     pos_aff, neg_aff, dp_fg, dp_bg = outputs
     eps = 1e-5
-    bg_pos = (bg_pos_label * pos_aff).sum() / (bg_pos_label.sum() + eps)
-    fg_pos = (fg_pos_label * pos_aff).sum() / (fg_pos_label.sum() + eps)
+    bg, fg = bg_pos_label, fg_pos_label
+    # the five label-weighted means; the displacement has 2 components per pair, hence the 2 * counts
+    num = torch.stack([(bg * pos_aff).sum(), (fg * pos_aff).sum(), (neg_label * neg_aff).sum(),
+                       (dp_fg * fg.unsqueeze(1)).sum(), (dp_bg * bg.unsqueeze(1)).sum()])
+    count = torch.stack([bg.sum(), fg.sum(), neg_label.sum(), 2 * fg.sum(), 2 * bg.sum()]).to(num.dtype)
+    if sum_over_processes is None:
+        terms = _combine(num / (count + eps))
+        return dict(terms, total=terms["total"])
+    both = sum_over_processes(torch.cat([num.detach(), count]))
+    num_all, count_all = both[:5], both[5:]
+    share = _combine(world_size * num / (count_all + eps))
+    logged = _combine(num_all / (count_all + eps))
+    return dict({k: v for k, v in logged.items() if k != "total"}, total=share["total"])
+
+
+def _combine(means):
+    """bg_pos, fg_pos, neg, dp_fg, dp_bg means -> the named terms and IRNet's total."""
+    bg_pos, fg_pos, neg, dp_fg, dp_bg = means.unbind()
     pos = bg_pos / 2 + fg_pos / 2  # bg and fg pairs count equally, however many of each
-    neg = (neg_label * neg_aff).sum() / (neg_label.sum() + eps)
-    # the displacement has 2 components per pair, hence the 2 in the denominators
-    dp_fg_loss = (dp_fg * fg_pos_label.unsqueeze(1)).sum() / (2 * fg_pos_label.sum() + eps)
-    dp_bg_loss = (dp_bg * bg_pos_label.unsqueeze(1)).sum() / (2 * bg_pos_label.sum() + eps)
-    total = (pos + neg) / 2 + (dp_fg_loss + dp_bg_loss) / 2
-    return dict(pos=pos, neg=neg, dp_fg=dp_fg_loss, dp_bg=dp_bg_loss, total=total)
+    total = (pos + neg) / 2 + (dp_fg + dp_bg) / 2
+    return dict(pos=pos, neg=neg, dp_fg=dp_fg, dp_bg=dp_bg, total=total)
 
 
 class EdgeDisplacement(Net):

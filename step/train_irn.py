@@ -14,7 +14,9 @@ from voc12.dataloader import VOC12AffinityDataset, VOC12ClassificationDataset
 def irn_loss(model, batch, device):
     img = training.to_device(batch["img"], device)
     labels = [batch[k].to(device) for k in ("aff_bg_pos_label", "aff_fg_pos_label", "aff_neg_label")]
-    terms = resnet50_irn.irn_loss(model(img, True), *labels)
+    # under torchrun every mean is over the global batch, as in one process
+    reduce = dict(sum_over_processes=dist.all_reduce_sum, world_size=dist.world_size()) if dist.is_dist() else {}
+    terms = resnet50_irn.irn_loss(model(img, True), *labels, **reduce)
     return terms["total"], {k: v.item() for k, v in terms.items() if k != "total"}
 
 

@@ -9,6 +9,7 @@ from conftest import devkit_flags
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -255,5 +256,40 @@ def test_one_training_step_matches_one_process(tiny_devkit, tmp_path, monkeypatc
     init = resnet50_cam.Net().state_dict()
     moved = [k for k in ref if ref[k].is_floating_point() and not torch.equal(ref[k], init[k])]
     assert "classifier.weight" in moved and any(k.startswith("stage4") for k in moved)
+    for k in ref:
+        torch.testing.assert_close(r0[k], ref[k], rtol=0, atol=1e-5, msg=k)
+
+
+def test_one_irn_training_step_matches_one_process(tiny_devkit, tmp_path, monkeypatch):
+    """train_irn in two processes: each affinity/displacement mean is over the global batch (label counts
+    summed over processes), so one step moves the weights as one process does on the same batch."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    random_weights(one, tiny_devkit)
+    labels = ["--train_cam_pass", "False", "--train_irn_pass", "False", "--make_sem_seg_pass", "False",
+              "--eval_cam_pass", "False", "--eval_sem_seg_pass", "False", "--stage2", "False"]
+    assert run_sample.main(base_flags(tiny_devkit, one) + INFERENCE + labels) == 0  # IR labels to learn from
+    shutil.copytree(one, two)
+    n_train = len(open(tiny_devkit / "train_aug.txt").read().split())
+    assert n_train // 8 == 1  # exactly one step
+    flags = ["--irn_batch_size", "8", "--irn_num_epoches", "1", "--irn_learning_rate", "0.1", "--stage2", "False"] + \
+        [f"--{s}_pass=False" for s in run_sample.STAGE1_STEPS if s != "train_irn"]
+
+    monkeypatch.setattr(training, "save_weights", save_per_rank)
+    with one_thread():
+        assert run_sample.main(base_flags(tiny_devkit, one) + flags) == 0
+    torch.multiprocessing.start_processes(_train_worker, args=(2, free_port(), base_flags(tiny_devkit, two) + flags),
+                                          nprocs=2, join=True, start_method="spawn")
+
+    ref = torch.load(one / "sess" / "res50_irn.pth.rank0")
+    r0 = torch.load(two / "sess" / "res50_irn.pth.rank0")
+    r1 = torch.load(two / "sess" / "res50_irn.pth.rank1")
+    for k in ref:
+        assert torch.equal(r0[k], r1[k]), k
+    from net import resnet50_irn
+    torch.manual_seed(0)
+    init = resnet50_irn.Net().state_dict()
+    moved = [k for k in ref if ref[k].is_floating_point() and k in init and not torch.equal(ref[k], init[k])]
+    assert any(k.startswith("edge") or k.startswith("fc_edge") for k in moved)
+    assert any(k.startswith("dp") or k.startswith("fc_dp") for k in moved)
     for k in ref:
         torch.testing.assert_close(r0[k], ref[k], rtol=0, atol=1e-5, msg=k)

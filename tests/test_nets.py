@@ -237,3 +237,42 @@ def test_edge_displacement_inference():
     e_pad = e_pad[..., :15, :11]  # cropped, then the flip's map flipped back
     expected = torch.sigmoid(e_pad[0] / 2 + e_pad[1].flip(-1) / 2)
     torch.testing.assert_close(edge, expected)
+
+
+def test_irn_loss_over_processes_is_the_whole_batch_loss():
+    """A batch split over 2 processes: DDP's mean of the per-process gradients of 'total' equals the gradient
+    of the whole-batch loss, and the terms returned are the whole batch's (label counts differ per half)."""
+    g = torch.Generator().manual_seed(0)
+    n, d, p = 4, 3, 10
+    outputs = [torch.rand(n, d, p, generator=g), torch.rand(n, d, p, generator=g),
+               torch.rand(n, 2, d, p, generator=g), torch.rand(n, 2, d, p, generator=g)]
+    labels = [(torch.rand(n, d, p, generator=g) > q).float() for q in (0.3, 0.6, 0.8)]
+    labels[0][:2] = 0  # the first half has no background pairs at all
+
+    def leaf(ts):
+        return [t.clone().requires_grad_() for t in ts]
+
+    whole = leaf(outputs)
+    ref = resnet50_irn.irn_loss(whole, *labels)
+    ref["total"].backward()
+
+    halves = [slice(0, 2), slice(2, 4)]
+    sent = []  # what each process contributes to the all-reduce
+    for h in halves:
+        resnet50_irn.irn_loss([o[h] for o in outputs], *[lab[h] for lab in labels],
+                              sum_over_processes=lambda t: sent.append(t.clone()) or t, world_size=2)
+    parts, grads = [], []
+    for h in halves:
+        mine = leaf([o[h] for o in outputs])
+        parts.append(resnet50_irn.irn_loss(mine, *[lab[h] for lab in labels],
+                                           sum_over_processes=lambda t: sent[0] + sent[1], world_size=2))
+        parts[-1]["total"].backward()
+        grads.append([t.grad for t in mine])
+    for i, t in enumerate(whole):  # DDP averages the gradients of the two processes
+        torch.testing.assert_close(torch.cat([grads[0][i], grads[1][i]]) / 2, t.grad, rtol=1e-5, atol=1e-7)
+    for k in ("pos", "neg", "dp_fg", "dp_bg"):
+        torch.testing.assert_close(parts[0][k], ref[k].detach(), rtol=1e-6, atol=0)
+        assert torch.equal(parts[0][k], parts[1][k])
+    # per-process means, as plain DDP would average them, are not the whole-batch loss here
+    naive = sum(resnet50_irn.irn_loss([o[h] for o in outputs], *[lab[h] for lab in labels])["pos"] for h in halves) / 2
+    assert abs(naive - ref["pos"]) > 1e-3
