@@ -15,7 +15,12 @@ Variants for finding out why (each writes its own work folders, named after --na
     python benchmarks/cda_effect.py --biases 0.9 --seeds 0 --name ep10 --run_args="--cam_num_epoches 10"
 
 A finished run keeps its numbers in <work>/cda_effect.json and is not run again.
+
+Besides mIoU, each classifier is probed for context reliance: its mean score (sigmoid) for a class on
+pictures of that class's home background with no object at all ("home"), against its score for the
+class on the other backgrounds ("other"). CDA is meant to lower "home".
 """
+import io
 import argparse
 import json
 import os
@@ -24,12 +29,16 @@ import shutil
 import sys
 
 import numpy as np
+import torch
+from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import run_sample  # noqa: E402
 from misc import demo  # noqa: E402
-from voc12 import synth  # noqa: E402
+from misc import imutils  # noqa: E402
+from net import resnet50_cam  # noqa: E402
+from voc12 import CAT_NAME_TO_IDX, synth  # noqa: E402
 
 METRICS = [("stage1", "cam"), ("stage2", "cam"), ("stage1", "sem_seg"), ("stage2", "sem_seg")]
 HELDOUT_DIRS = ["--cam_out_dir", "result/cam_heldout", "--sem_seg_out_dir", "result/sem_seg_heldout",
@@ -75,6 +84,53 @@ def one_run(devkit, work, seed, extra=(), stage1_from=None):
     return out
 
 
+def background_pictures(size, per_kind=20, seed=123):
+    """{background kind: (n, 3, H, W) normalised float tensor} of object-free toy pictures, drawn and
+    JPEG-encoded as the devkit's images are."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    out = {}
+    for kind in synth.BACKGROUNDS:
+        batch = []
+        for _ in range(per_kind):
+            img = synth._background(kind, h, w, rng) + rng.normal(0, 4, (h, w, 3))
+            buf = io.BytesIO()
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+            img = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+            batch.append(imutils.HWC_to_CHW(imutils.Normalize()(img)))
+        out[kind] = torch.from_numpy(np.stack(batch))
+    return out
+
+
+def context_reliance(weights, classes, pictures):
+    """Mean over classes of the classifier's score for the class on its home background alone, and on
+    the other backgrounds: {'home': float, 'other': float, and each per class}."""
+    net = resnet50_cam.Net(from_scratch=True)
+    resnet50_cam.load_cam_weights(net, weights)
+    net.eval()
+    with torch.inference_mode():
+        scores = {kind: torch.sigmoid(net(x)).mean(0) for kind, x in pictures.items()}
+    home = [scores[synth.HOME_OF[c]][CAT_NAME_TO_IDX[c]].item() for c in classes]
+    other = [np.mean([scores[k][CAT_NAME_TO_IDX[c]].item() for k in pictures if k != synth.HOME_OF[c]])
+             for c in classes]
+    return {"home": float(np.mean(home)), "other": float(np.mean(other)),
+            "home_per_class": dict(zip(classes, home)), "other_per_class": dict(zip(classes, other))}
+
+
+def add_context(work, run_out, pictures, stage1_from=None):
+    """Probe the run's classifiers (stage I's from stage1_from when it was reused) once; kept in its json."""
+    if "context" in run_out:
+        return run_out
+    s1 = os.path.join(stage1_from or work, "sess", "res50_cam.pth")
+    run_out["context"] = {"stage1": context_reliance(s1, demo.TOY["classes"], pictures),
+                          "stage2": context_reliance(os.path.join(work, "sess", "cam_aug.pth"),
+                                                     demo.TOY["classes"], pictures)}
+    done = os.path.join(work, "cda_effect.json")
+    json.dump(run_out, open(done + ".tmp", "w"), indent=1)
+    os.replace(done + ".tmp", done)
+    return run_out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -88,7 +144,8 @@ def main():
     extra = shlex.split(args.run_args)
     suffix = f"_{args.name}" if args.name else ""
 
-    rows = []
+    rows, context_rows = [], []
+    pictures = background_pictures(demo.TOY["size"])
     for bias in args.biases:
         devkit = os.path.join(args.out, f"toy_bias{bias}")
         if not os.path.isdir(os.path.join(devkit, "JPEGImages")):
@@ -99,11 +156,15 @@ def main():
             if args.reuse_stage1:
                 stage1_from = work_dir(args.out, bias, seed, "")
                 one_run(devkit, stage1_from, seed)  # the plain run first, if it is not there yet
-            runs.append(one_run(devkit, work_dir(args.out, bias, seed, args.name), seed, extra, stage1_from))
+            work = work_dir(args.out, bias, seed, args.name)
+            runs.append(add_context(work, one_run(devkit, work, seed, extra, stage1_from), pictures, stage1_from))
             json.dump(runs, open(os.path.join(args.out, f"runs_bias{bias}{suffix}.json"), "w"), indent=1)
         for split in ("train", "heldout"):
             vals = np.array([[100 * r[split][s][m]["miou"] for s, m in METRICS] for r in runs])
             rows.append((bias, split, vals.mean(0), vals.std(0), vals[:, 1] - vals[:, 0], vals[:, 3] - vals[:, 2]))
+        ctx = np.array([[100 * r["context"][st][k] for st in ("stage1", "stage2") for k in ("home", "other")]
+                        for r in runs])
+        context_rows.append((bias, ctx.mean(0), ctx.std(0)))
 
     title = f"CDA effect on the toy devkit{' (' + args.name + ': ' + args.run_args + ')' if args.name else ''}"
     print(f"\n{title}, seeds {args.seeds} (mIoU %, mean ± std over seeds)")
@@ -112,6 +173,11 @@ def main():
         cells = [f"{mean[i]:5.1f} ± {std[i]:3.1f}" for i in range(4)]
         print(f"{bias:>5} {split:<8} {cells[0]:>11} {cells[1]:>11} {cam_gain.mean():+5.1f} ± {cam_gain.std():3.1f} "
               f"{cells[2]:>11} {cells[3]:>11} {mask_gain.mean():+5.1f} ± {mask_gain.std():3.1f}")
+    print("\nContext reliance: mean score (%) for a class on object-free pictures of its home background, "
+          "and of the others")
+    print(f"{'bias':>5} {'I home':>11} {'I other':>11} {'II home':>11} {'II other':>11}")
+    for bias, mean, std in context_rows:
+        print(f"{bias:>5} " + " ".join(f"{mean[i]:5.1f} ± {std[i]:3.1f}" for i in range(4)))
 
 
 if __name__ == "__main__":
