@@ -193,8 +193,7 @@ def irn_loss(outputs, bg_pos_label, fg_pos_label, neg_label, sum_over_processes=
                        (dp_fg * fg.unsqueeze(1)).sum(), (dp_bg * bg.unsqueeze(1)).sum()])
     count = torch.stack([bg.sum(), fg.sum(), neg_label.sum(), 2 * fg.sum(), 2 * bg.sum()]).to(num.dtype)
     if sum_over_processes is None:
-        terms = _combine(num / (count + eps))
-        return dict(terms, total=terms["total"])
+        return _combine(num / (count + eps))
     both = sum_over_processes(torch.cat([num.detach(), count]))
     num_all, count_all = both[:5], both[5:]
     share = _combine(world_size * num / (count_all + eps))
