@@ -11,8 +11,11 @@ Variants for finding out why (each writes its own work folders, named after --na
 
     # stage II with a ground-truth instance pool, stage I reused from the runs above
     python benchmarks/cda_effect.py --biases 0.9 --name gtpool --run_args="--pool_source gt" --reuse_stage1
-    # longer classifier training in both stages
+    python benchmarks/cda_effect.py --biases 0.0 --name gtpool --run_args="--pool_source gt" --reuse_stage1
+    # longer classifier training in both stages; with the stage I pool the toy's run stops at an empty
+    # pool (every stage I mask too large), so then with the ground-truth one
     python benchmarks/cda_effect.py --biases 0.9 --seeds 0 --name ep10 --run_args="--cam_num_epoches 10"
+    python benchmarks/cda_effect.py --biases 0.9 --seeds 0 --name ep10gt --run_args="--cam_num_epoches 10 --pool_source gt"
 
 A finished run keeps its numbers in <work>/cda_effect.json and is not run again.
 
@@ -20,8 +23,8 @@ Besides mIoU, each classifier is probed for context reliance: its mean score (si
 pictures of that class's home background with no object at all ("home"), against its score for the
 class on the other backgrounds ("other"). CDA is meant to lower "home".
 """
-import io
 import argparse
+import io
 import json
 import os
 import shlex
@@ -35,8 +38,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import run_sample  # noqa: E402
-from misc import demo  # noqa: E402
-from misc import imutils  # noqa: E402
+from misc import demo, imutils, pyutils  # noqa: E402
 from net import resnet50_cam  # noqa: E402
 from voc12 import CAT_NAME_TO_IDX, synth  # noqa: E402
 
@@ -79,8 +81,7 @@ def one_run(devkit, work, seed, extra=(), stage1_from=None):
         ref = json.load(open(os.path.join(stage1_from, "cda_effect.json")))
         for split in out:
             out[split]["stage1"] = ref[split]["stage1"]
-    json.dump(out, open(done + ".tmp", "w"), indent=1)
-    os.replace(done + ".tmp", done)
+    pyutils.save_json(done, out)
     return out
 
 
@@ -125,9 +126,7 @@ def add_context(work, run_out, pictures, stage1_from=None):
     run_out["context"] = {"stage1": context_reliance(s1, demo.TOY["classes"], pictures),
                           "stage2": context_reliance(os.path.join(work, "sess", "cam_aug.pth"),
                                                      demo.TOY["classes"], pictures)}
-    done = os.path.join(work, "cda_effect.json")
-    json.dump(run_out, open(done + ".tmp", "w"), indent=1)
-    os.replace(done + ".tmp", done)
+    pyutils.save_json(os.path.join(work, "cda_effect.json"), run_out)
     return run_out
 
 
@@ -158,7 +157,7 @@ def main():
                 one_run(devkit, stage1_from, seed)  # the plain run first, if it is not there yet
             work = work_dir(args.out, bias, seed, args.name)
             runs.append(add_context(work, one_run(devkit, work, seed, extra, stage1_from), pictures, stage1_from))
-            json.dump(runs, open(os.path.join(args.out, f"runs_bias{bias}{suffix}.json"), "w"), indent=1)
+            pyutils.save_json(os.path.join(args.out, f"runs_bias{bias}{suffix}.json"), runs)
         for split in ("train", "heldout"):
             vals = np.array([[100 * r[split][s][m]["miou"] for s, m in METRICS] for r in runs])
             rows.append((bias, split, vals.mean(0), vals.std(0), vals[:, 1] - vals[:, 0], vals[:, 3] - vals[:, 2]))

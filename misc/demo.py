@@ -20,7 +20,8 @@ DEFAULTS = dict(
 )
 
 BANNER = ("DEMO: toy devkit, randomly initialised ResNet-50 trained from scratch with BatchNorm in training mode "
-          "(no ImageNet weights). Numbers are not comparable with the paper's VOC results.")
+          "(no ImageNet weights). Numbers are not comparable with the paper's VOC results, and on this toy "
+          "stage II is not expected to beat stage I on the train list (README, Results).")
 
 
 def prepare(args):
