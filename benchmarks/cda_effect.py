@@ -16,6 +16,9 @@ Variants for finding out why (each writes its own work folders, named after --na
     # pool (every stage I mask too large), so then with the ground-truth one
     python benchmarks/cda_effect.py --biases 0.9 --seeds 0 --name ep10 --run_args="--cam_num_epoches 10"
     python benchmarks/cda_effect.py --biases 0.9 --seeds 0 --name ep10gt --run_args="--cam_num_epoches 10 --pool_source gt"
+    # 1.5x the resolution (192x144), crops and resizes scaled alike
+    python benchmarks/cda_effect.py --biases 0.9 --seeds 0 --size 192x144 --name res192gt --run_args="--pool_source gt \
+        --cam_crop_size 144 --cam_resize_long 120 192 --irn_crop_size 144"
 
 A finished run keeps its numbers in <work>/cda_effect.json and is not run again.
 
@@ -137,6 +140,8 @@ def main():
     p.add_argument("--out", default="work_bench/cda_effect")
     p.add_argument("--name", default="", help="variant name: suffix of the work folders and the summary file")
     p.add_argument("--run_args", default="", help="extra run_sample.py flags for every run, in one string")
+    p.add_argument("--size", default=None, help="toy image size WxH (default: the demo's, 128x96); scale the "
+                   "crop and resize flags with --run_args to match")
     p.add_argument("--reuse_stage1", action="store_true",
                    help="run stage II only, on the stage I of the plain runs (no --name) with the same bias and seed")
     args = p.parse_args()
@@ -144,11 +149,12 @@ def main():
     suffix = f"_{args.name}" if args.name else ""
 
     rows, context_rows = [], []
-    pictures = background_pictures(demo.TOY["size"])
+    size = tuple(int(v) for v in args.size.split("x")) if args.size else demo.TOY["size"]
+    pictures = background_pictures(size)
     for bias in args.biases:
-        devkit = os.path.join(args.out, f"toy_bias{bias}")
-        if not os.path.isdir(os.path.join(devkit, "JPEGImages")):
-            synth.write_devkit(devkit, **{**demo.TOY, "context_bias": bias})
+        devkit = os.path.join(args.out, f"toy_bias{bias}" + (f"_{size[0]}x{size[1]}" if args.size else ""))
+        if not os.path.isfile(os.path.join(devkit, "synth.json")):
+            synth.write_devkit(devkit, **{**demo.TOY, "context_bias": bias, "size": size})
         runs = []
         for seed in args.seeds:
             stage1_from = None

@@ -265,9 +265,9 @@ def test_one_irn_training_step_matches_one_process(tiny_devkit, tmp_path, monkey
     summed over processes), so one step moves the weights as one process does on the same batch."""
     one, two = tmp_path / "one", tmp_path / "two"
     random_weights(one, tiny_devkit)
-    labels = ["--train_cam_pass", "False", "--train_irn_pass", "False", "--make_sem_seg_pass", "False",
-              "--eval_cam_pass", "False", "--eval_sem_seg_pass", "False", "--stage2", "False"]
-    assert run_sample.main(base_flags(tiny_devkit, one) + INFERENCE + labels) == 0  # IR labels to learn from
+    until_ir_labels = ["--make_sem_seg_pass", "False", "--eval_cam_pass", "False", "--eval_sem_seg_pass", "False",
+                       "--stage2", "False"]
+    assert run_sample.main(base_flags(tiny_devkit, one) + INFERENCE + until_ir_labels) == 0  # labels to learn from
     shutil.copytree(one, two)
     n_train = len(open(tiny_devkit / "train_aug.txt").read().split())
     assert n_train // 8 == 1  # exactly one step
