@@ -332,6 +332,9 @@ def main(argv=None):
             path = report.write_report(args, os.path.join(args.work_dir, "report.html"),
                                        "CDA on IRNet: " + args.voc12_root, note=demo.BANNER if args.demo else "")
             pyutils.log(f"report: {path}")
+        # every rank leaves together: a gloo rank that tears down while another still works (rank 0 writing
+        # the report) can abort at exit ("terminate called without an active exception")
+        dist.barrier()
     except pyutils.UserError as e:
         from tqdm import tqdm
         # a progress bar the failed step left open would otherwise take the start of the message's line
