@@ -233,31 +233,36 @@ def _train_worker(rank, world, port, flags):
         raise SystemExit(1)
 
 
+def train_one_step_both_ways(one, two, flags_one, flags_two, weights, init_net):
+    """Train in one process (work dir one) and in two spawned ones (two); check the two ranks hold equal
+    weights and those equal (1e-5) the one process's. Returns the names of the float entries the step moved
+    away from init_net() (made with seed 0, as the steps make theirs)."""
+    torch.manual_seed(0)
+    with one_thread():
+        assert run_sample.main(flags_one) == 0
+    torch.multiprocessing.start_processes(_train_worker, args=(2, free_port(), flags_two),
+                                          nprocs=2, join=True, start_method="spawn")
+    ref = torch.load(one / "sess" / f"{weights}.rank0")
+    r0, r1 = (torch.load(two / "sess" / f"{weights}.rank{r}") for r in (0, 1))
+    for k in ref:
+        assert torch.equal(r0[k], r1[k]), k
+        torch.testing.assert_close(r0[k], ref[k], rtol=0, atol=1e-5, msg=k)
+    torch.manual_seed(0)
+    init = init_net().state_dict()
+    return [k for k in ref if ref[k].is_floating_point() and k in init and not torch.equal(ref[k], init[k])]
+
+
 def test_one_training_step_matches_one_process(tiny_devkit, tmp_path, monkeypatch):
     one, two = tmp_path / "one", tmp_path / "two"
     n_train = len(open(tiny_devkit / "train_aug.txt").read().split())
     assert n_train // 8 == 1  # exactly one step
 
     monkeypatch.setattr(training, "save_weights", save_per_rank)
-    torch.manual_seed(0)
-    with one_thread():
-        assert run_sample.main(train_flags(tiny_devkit, one)) == 0
-    torch.multiprocessing.start_processes(_train_worker, args=(2, free_port(), train_flags(tiny_devkit, two)),
-                                          nprocs=2, join=True, start_method="spawn")
-
-    ref = torch.load(one / "sess" / "res50_cam.pth.rank0")
-    r0 = torch.load(two / "sess" / "res50_cam.pth.rank0")
-    r1 = torch.load(two / "sess" / "res50_cam.pth.rank1")
-    for k in ref:
-        assert torch.equal(r0[k], r1[k]), k
-    # the step moved the trained layers, by the same amount as in one process
     from net import resnet50_cam
-    torch.manual_seed(0)
-    init = resnet50_cam.Net().state_dict()
-    moved = [k for k in ref if ref[k].is_floating_point() and not torch.equal(ref[k], init[k])]
+    moved = train_one_step_both_ways(one, two, train_flags(tiny_devkit, one), train_flags(tiny_devkit, two),
+                                     "res50_cam.pth", resnet50_cam.Net)
+    # the step moved the trained layers (and the two processes moved them as one does)
     assert "classifier.weight" in moved and any(k.startswith("stage4") for k in moved)
-    for k in ref:
-        torch.testing.assert_close(r0[k], ref[k], rtol=0, atol=1e-5, msg=k)
 
 
 def test_one_irn_training_step_matches_one_process(tiny_devkit, tmp_path, monkeypatch):
@@ -275,21 +280,7 @@ def test_one_irn_training_step_matches_one_process(tiny_devkit, tmp_path, monkey
         [f"--{s}_pass=False" for s in run_sample.STAGE1_STEPS if s != "train_irn"]
 
     monkeypatch.setattr(training, "save_weights", save_per_rank)
-    with one_thread():
-        assert run_sample.main(base_flags(tiny_devkit, one) + flags) == 0
-    torch.multiprocessing.start_processes(_train_worker, args=(2, free_port(), base_flags(tiny_devkit, two) + flags),
-                                          nprocs=2, join=True, start_method="spawn")
-
-    ref = torch.load(one / "sess" / "res50_irn.pth.rank0")
-    r0 = torch.load(two / "sess" / "res50_irn.pth.rank0")
-    r1 = torch.load(two / "sess" / "res50_irn.pth.rank1")
-    for k in ref:
-        assert torch.equal(r0[k], r1[k]), k
     from net import resnet50_irn
-    torch.manual_seed(0)
-    init = resnet50_irn.Net().state_dict()
-    moved = [k for k in ref if ref[k].is_floating_point() and k in init and not torch.equal(ref[k], init[k])]
-    assert any(k.startswith("edge") or k.startswith("fc_edge") for k in moved)
-    assert any(k.startswith("dp") or k.startswith("fc_dp") for k in moved)
-    for k in ref:
-        torch.testing.assert_close(r0[k], ref[k], rtol=0, atol=1e-5, msg=k)
+    moved = train_one_step_both_ways(one, two, base_flags(tiny_devkit, one) + flags,
+                                     base_flags(tiny_devkit, two) + flags, "res50_irn.pth", resnet50_irn.Net)
+    assert any(k.startswith("fc_edge") for k in moved) and any(k.startswith("fc_dp") for k in moved)
