@@ -1,5 +1,5 @@
-"""Image helpers: reading, PIL resizing, random flips/crops drawn from a passed-in generator,
-VOC palette PNGs and the dense CRF used to sharpen CAM label maps.
+"""Image helpers: reading, PIL resizing, random flips/crops/colour jitter drawn from a passed-in
+generator, block means, VOC palette PNGs and the dense CRFs (IRNet's on label maps, PSA's on scores).
 
 Every random helper takes `rng` (a numpy Generator) so that a data set can give each item its own
 stream and results do not depend on how many loader workers there are.
@@ -198,6 +198,63 @@ def top_left_crop(img, cropsize, default_value):
     return _paste(img, cropsize, default_value, 0, 0, 0, 0)
 
 
+def center_crop(img, cropsize, default_value=0):
+    """Square crop at the centre (PSA's CenterCrop): a longer side is cut, a shorter one lands in the
+    middle of a container of default_value; both offsets are round(space / 2) (Python's round: halves
+    go to the even neighbour)."""
+    h, w = img.shape[:2]
+    top, img_top = (0, int(round((h - cropsize) / 2))) if h > cropsize else (int(round((cropsize - h) / 2)), 0)
+    left, img_left = (0, int(round((w - cropsize) / 2))) if w > cropsize else (int(round((cropsize - w) / 2)), 0)
+    return _paste(img, cropsize, default_value, top, left, img_top, img_left)
+
+
+def block_mean(x, size):
+    """Mean over size x size blocks of an (H, W) or (H, W, C) array (PSA's AvgPool2d, i.e.
+    skimage.measure.block_reduce(x, (size, size, 1), np.mean)): a partial block at the bottom or right
+    counts zeros for its missing pixels. Same view of the data and the same np.mean call as that function,
+    so float32 sums round identically."""
+    x = np.asarray(x)
+    block = (size, size) + (1,) * (x.ndim - 2)
+    pad = [(0, -n % b) for n, b in zip(x.shape, block)]
+    if any(p[1] for p in pad):
+        x = np.pad(x, pad, mode="constant", constant_values=0)
+    shape = tuple(n // b for n, b in zip(x.shape, block)) + block
+    strides = tuple(st * b for st, b in zip(x.strides, block)) + x.strides
+    blocks = np.lib.stride_tricks.as_strided(x, shape=shape, strides=strides, writeable=False)
+    return np.mean(blocks, axis=tuple(range(x.ndim, 2 * x.ndim)))
+
+
+def color_jitter_params(rng, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1):
+    """torchvision ColorJitter.get_params with draws from `rng`: (order, factors). order is a permutation
+    of (brightness, contrast, saturation, hue) = (0, 1, 2, 3); factors are uniform in [max(0, 1 - v), 1 + v]
+    ([-hue, hue] for the hue), None for an argument of 0 (no draw, as torchvision skips it)."""
+    order = rng.permutation(4)
+    factors = [None if not v else float(rng.uniform(max(0.0, 1 - v), 1 + v))
+               for v in (brightness, contrast, saturation)]
+    factors.append(None if not hue else float(rng.uniform(-hue, hue)))
+    return order, tuple(factors)
+
+
+def apply_color_jitter(img, order, factors):
+    """uint8 HWC RGB through torchvision's PIL adjust_brightness/contrast/saturation/hue in `order`,
+    skipping None factors: what ColorJitter does to a PIL image once its parameters are drawn."""
+    from torchvision.transforms import functional as TF
+
+    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    pil = Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8))
+    for i in order:
+        if factors[i] is not None:
+            pil = adjust[i](pil, factors[i])
+    return np.asarray(pil)
+
+
+def color_jitter(img, rng, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1):
+    """Random colour jitter of a uint8 HWC RGB image, as torchvision's ColorJitter (random order of the
+    four adjustments, factors as color_jitter_params), drawn from `rng`."""
+    order, factors = color_jitter_params(rng, brightness, contrast, saturation, hue)
+    return apply_color_jitter(img, order, factors)
+
+
 class Normalize:
     """uint8 RGB -> float32 standardised with ImageNet statistics (what the backbone was trained on)."""
 
@@ -235,6 +292,25 @@ def crf_inference_label(img, labels, t=10, n_labels=21, gt_prob=0.7):
     d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(img, dtype=np.uint8), compat=10)
     q = np.asarray(d.inference(t)).reshape(n_labels, h, w)
     return np.argmax(q, axis=0)
+
+
+def crf_inference(img, probs, t=10, scale_factor=1, labels=21):
+    """PSA's dense CRF on score maps: (labels, H, W) float32 marginals after t mean-field steps.
+
+    probs: (labels, H, W) scores, used as a softmax output (unary -log(clip(probs, 1e-5, 1)), whether or
+    not they sum to 1); a Gaussian kernel (sxy 3 / scale_factor, compat 3) and a bilateral one
+    (sxy 80 / scale_factor, srgb 13, compat 10) on the uint8 RGB image (PSA's tool/imutils.py settings).
+    """
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    h, w = img.shape[:2]
+    d = dcrf.DenseCRF2D(w, h, labels)
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    d.addPairwiseGaussian(sxy=3 / scale_factor, compat=3)
+    d.addPairwiseBilateral(sxy=80 / scale_factor, srgb=13, rgbim=np.ascontiguousarray(img, dtype=np.uint8),
+                           compat=10)
+    return np.array(d.inference(t)).reshape((labels, h, w))
 
 
 def bg_argmax(maps, bg_score):

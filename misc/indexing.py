@@ -1,12 +1,18 @@
-"""Pixel pairs for IRNet: path indices, affinities from a boundary map, affinity labels, random walk.
+"""Pixel pairs and the random walk: IRNet's path indices and boundary affinities, AffinityNet's (PSA's)
+pair set, affinity labels, and one sparse walk for both.
 
-Names, argument meanings, shapes and dtypes follow IRNet's misc/indexing.py so that code written
-against it (AffinityDisplacementLoss, make_sem_seg_labels) works unchanged.
+Names, argument meanings, shapes and dtypes of the IRNet part follow IRNet's misc/indexing.py so that
+code written against it (AffinityDisplacementLoss, make_sem_seg_labels) works unchanged.
 
 A "direction" is an offset (dy, dx) to a partner pixel within `radius`, taken from one half-plane
 (dy > 0, or dy == 0 and dx > 0) so every unordered pair is counted once. Its "path" is the set of
-pixels lying within distance 1 of the segment from (0, 0) to (dy, dx); the affinity of the pair is
-1 - (largest boundary score on the path).
+pixels lying within distance 1 of the segment from (0, 0) to (dy, dx); the IRNet affinity of the pair is
+1 - (largest boundary score on the path). AffinityNet predicts the affinity of each pair directly.
+
+The walk: pair weights (IRNet: path affinity ** beta for every pair inside the grid; PSA: predicted
+affinity ** beta for pairs whose source lies in rows [0, h - rf) and columns [rf, w - rf)) make one
+symmetric matrix with ones on the diagonal, normalised by its column sums (pair_transition), applied
+2^t times as a sparse product (_apply_steps).
 """
 import contextlib
 import warnings
@@ -183,13 +189,50 @@ def propagate_to_edge_dense(x, edge, radius=5, beta=10, exp_times=8):
     return rw.view(rw.size(0), 1, height, width)
 
 
-def sparse_transition(edge, radius=5, beta=10):
-    """The random walk's one-step operator on an (h, w) grid, without the n x n matrix.
+def pair_transition(weights, directions, valid=None):
+    """The random walk's one-step operator from forward pair weights, without the n x n matrix.
 
-    Returns (neighbors, weights), both (D, h*w): D = 1 + 2 * n_dirs (self, each half-plane
-    direction, its opposite). One step is  x_new[:, j] = sum_d weights[d, j] * x[:, neighbors[d, j]],
-    i.e. x @ T with T = aff^beta (symmetric, ones on the diagonal) divided by its column sums.
-    Pairs leaving the grid get weight 0 (their neighbour index is clamped into the grid).
+    weights: (n_dirs, h, w); weights[d, y, x] is the weight of the pair ((y, x), (y, x) + directions[d]).
+    directions: (n_dirs, 2) half-plane offsets (dy, dx), dy >= 0. valid: optional bool, broadcastable to
+    weights, marking the pairs that exist; a pair whose partner lies outside the grid never does.
+    The operator is T = A / (column sums of A), A the symmetric matrix with A[p, q] = A[q, p] = the pair's
+    weight and A[p, p] = 1. Returns (neighbors, weights), both (D, h*w), D = 1 + 2 * n_dirs (self, each
+    direction, its opposite): one step is  x_new[:, j] = sum_d weights[d, j] * x[:, neighbors[d, j]],
+    i.e. x @ T. Missing pairs get weight 0 (their neighbour index is clamped into the grid).
+    """
+    n_dirs, height, width = weights.shape
+    dev = weights.device
+    dirs = torch.as_tensor(np.asarray(directions), device=dev).view(n_dirs, 2)
+    dy, dx = dirs[:, 0].view(-1, 1, 1), dirs[:, 1].view(-1, 1, 1)
+    ys = torch.arange(height, device=dev).view(-1, 1)
+    xs = torch.arange(width, device=dev).view(1, -1)
+    exists = (ys + dy < height) & (xs + dx >= 0) & (xs + dx < width)  # dy >= 0 always
+    if valid is not None:
+        exists = exists & torch.as_tensor(valid, device=dev)
+    w_fwd = weights * exists
+    # the opposite direction: the pair (p - d, p) seen from p, same weight by symmetry
+    rf = int(dirs.abs().max()) if n_dirs else 0
+    pad_w = width + 2 * rf
+    w_pad = F.pad(w_fwd, (rf, rf, rf, rf))
+    rev_idx = ((ys + rf - dy) * pad_w + (xs + rf - dx)).reshape(n_dirs, -1)
+    w_rev = torch.gather(w_pad.reshape(n_dirs, -1), 1, rev_idx)
+
+    ones = torch.ones(1, height * width, dtype=weights.dtype, device=dev)
+    weights = torch.cat([ones, w_fwd.reshape(n_dirs, -1), w_rev], dim=0)
+    weights = weights / weights.sum(dim=0, keepdim=True)  # column normalisation, self-loop included
+
+    def flat(oy, ox):
+        return ((ys + oy).clamp(0, height - 1) * width + (xs + ox).clamp(0, width - 1)).reshape(len(oy), -1)
+
+    neighbors = torch.cat([(ys * width + xs).reshape(1, -1), flat(dy, dx), flat(-dy, -dx)], dim=0)
+    return neighbors, weights
+
+
+def path_affinity(edge, radius=5):
+    """IRNet's pair affinities for every in-grid source: 1 - the largest boundary score on the pair's path.
+
+    edge: (h, w). Returns (aff (n_dirs, h, w), directions (n_dirs, 2)) in PathIndex.search_dst order;
+    entries of pairs that leave the grid are meaningless (pair_transition drops them).
     """
     height, width = edge.shape[-2:]
     edge = edge.reshape(height, width)
@@ -197,8 +240,8 @@ def sparse_transition(edge, radius=5, beta=10):
     reach = int(np.ceil(radius) - 1)
     path_index = PathIndex(radius=radius, default_size=(reach + 1, 2 * reach + 1))  # only its paths are used
     rf = path_index.radius_floor
-    # affinities for every in-grid source, on a grid padded by rf on all sides (any pad value works:
-    # the pad is only on paths of pairs that leave the grid, which are masked below)
+    # a grid padded by rf on all sides (any pad value works: the pad is only on paths of pairs that
+    # leave the grid)
     pad_w = width + 2 * rf
     edge_padded = F.pad(edge, (rf, rf, rf, rf), value=1.0).reshape(1, -1)
     ys = torch.arange(height, device=dev).view(-1, 1)
@@ -209,26 +252,74 @@ def sparse_transition(edge, radius=5, beta=10):
         offs = torch.as_tensor(p, device=dev)
         ind = src + (offs[:, :, 0, None] * pad_w + offs[:, :, 1, None])
         aff.append(1 - edge_padded[0, ind.reshape(-1)].view(ind.shape).amax(dim=1))
-    aff = torch.cat(aff, dim=0).view(-1, height, width)
+    return torch.cat(aff, dim=0).view(-1, height, width), path_index.search_dst
 
-    dst = torch.as_tensor(path_index.search_dst, device=dev)
-    dy, dx = dst[:, 0].view(-1, 1, 1), dst[:, 1].view(-1, 1, 1)
-    inside = (ys + dy < height) & (xs + dx >= 0) & (xs + dx < width)  # dy >= 0 always
-    w_fwd = torch.pow(aff, beta) * inside
-    # the opposite direction: the pair (p - d, p) seen from p, same weight by symmetry
-    w_pad = F.pad(w_fwd, (rf, rf, rf, rf))
-    rev_idx = ((ys + rf - dy) * pad_w + (xs + rf - dx)).reshape(len(dst), -1)
-    w_rev = torch.gather(w_pad.reshape(len(dst), -1), 1, rev_idx)
 
-    ones = torch.ones(1, height * width, dtype=edge.dtype, device=dev)
-    weights = torch.cat([ones, w_fwd.reshape(len(dst), -1), w_rev], dim=0)
-    weights = weights / weights.sum(dim=0, keepdim=True)  # column normalisation, self-loop included
+def sparse_transition(edge, radius=5, beta=10):
+    """IRNet's one-step operator on an (h, w) grid: pair weights aff^beta for every pair inside the grid
+    (the padding trick of propagate_to_edge_dense: every in-image pixel is a source). See pair_transition."""
+    aff, directions = path_affinity(edge, radius)
+    return pair_transition(torch.pow(aff, beta), directions)
 
-    def flat(oy, ox):
-        return ((ys + oy).clamp(0, height - 1) * width + (xs + ox).clamp(0, width - 1)).reshape(len(oy), -1)
 
-    neighbors = torch.cat([(ys * width + xs).reshape(1, -1), flat(dy, dx), flat(-dy, -dx)], dim=0)
-    return neighbors, weights
+# ---------------------------------------------------------------- PSA's pair set and walk
+
+def pair_indices(radius, size):
+    """Flat indices of AffinityNet's pixel pairs on an (h, w) grid (PSA's get_indices_of_pairs).
+
+    Sources: the grid without its bottom rf rows and its left and right rf columns (rf = ceil(radius) - 1),
+    row-major; dst[d] = each source moved by the d-th offset of _search_directions(radius).
+    Returns int64 src (n_src,), dst (n_dirs, n_src); the same arrays as PathIndex's src/dst_indices,
+    but in _search_directions order (PathIndex groups directions by path length).
+    """
+    height, width = int(size[0]), int(size[1])
+    rf = int(np.ceil(radius) - 1)
+    crop_h, crop_w = height - rf, width - 2 * rf
+    if crop_h <= 0 or crop_w <= 0:
+        raise ValueError(f"grid {height}x{width} too small for radius {radius}: it needs at least "
+                         f"{rf + 1} rows and {2 * rf + 1} columns")
+    full = np.arange(height * width, dtype=np.int64).reshape(height, width)
+    src = full[:crop_h, rf:rf + crop_w].reshape(-1)
+    dst = np.stack([full[dy:dy + crop_h, rf + dx:rf + dx + crop_w].reshape(-1)
+                    for dy, dx in _search_directions(radius)])
+    return src, dst
+
+
+def source_mask(size, radius=5, device=None):
+    """bool (h, w): the sources of PSA's pairs, rows [0, h - rf) and columns [rf, w - rf)."""
+    height, width = int(size[0]), int(size[1])
+    rf = int(np.ceil(radius) - 1)
+    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
+    mask[:max(height - rf, 0), rf:max(width - rf, rf)] = True
+    return mask
+
+
+def pairs_to_grid(aff, size, radius=5):
+    """(..., n_dirs, n_src) affinities of PSA's pairs (the training form) -> (..., n_dirs, h, w) per source
+    pixel, as random_walk takes them; pixels that are no source get 0."""
+    height, width = int(size[0]), int(size[1])
+    rf = int(np.ceil(radius) - 1)
+    grid = aff.new_zeros(aff.shape[:-1] + (height, width))
+    grid[..., :height - rf, rf:width - rf] = aff.reshape(aff.shape[:-1] + (height - rf, width - 2 * rf))
+    return grid
+
+
+def cam_walk_scores(high_res, keys, alpha, num_classes=20, stride=8):
+    """The scores PSA's walk propagates (psa infer_aff.py:96-110), float32 (1 + num_classes, h, w).
+
+    high_res: (K, H, W) CAMs of the 0-based classes `keys` at image size. Channel k + 1 holds class k
+    (0 for absent classes), channel 0 the background (1 - max over the 20 channels) ** alpha; the maps
+    are zero-padded at the bottom and right to a multiple of `stride` (padding is 0 in every channel,
+    background included) and averaged over stride x stride blocks: h, w = ceil(H / stride), ceil(W / stride).
+    """
+    high_res = np.asarray(high_res, dtype=np.float32)
+    height, width = high_res.shape[-2:]
+    full = np.zeros((num_classes + 1, height, width), np.float32)
+    full[np.asarray(keys, dtype=np.int64).reshape(-1) + 1] = high_res
+    full[0] = (1 - np.max(full[1:], axis=0)) ** alpha
+    pad_h, pad_w = -height % stride, -width % stride
+    full = np.pad(full, ((0, 0), (0, pad_h), (0, pad_w)))
+    return F.avg_pool2d(torch.from_numpy(full), stride, stride)
 
 
 @contextlib.contextmanager
@@ -264,9 +355,15 @@ def propagate_to_edge(x, edge, radius=5, beta=10, exp_times=8, walk_dtype=torch.
 
 def _walk(x, edge, radius, beta, exp_times, walk_dtype):
     height, width = x.shape[-2:]
-    n = height * width
     edge = _edge_grid(x, edge, walk_dtype)
     neighbors, weights = sparse_transition(edge, radius=radius, beta=beta)
+    walk = x.reshape(-1, height, width).to(walk_dtype) * (1 - edge)
+    return _apply_steps(walk, neighbors, weights, 2 ** exp_times).reshape(-1, 1, height, width).to(x.dtype)
+
+
+def _apply_steps(x, neighbors, weights, steps):
+    """x (C, h, w) times T^steps, T the operator (neighbors, weights) of pair_transition; (C, h*w)."""
+    n = neighbors.size(1)
     # x_new^T = M x^T with M[j, neighbors[d, j]] = weights[d, j]: one CSR row per pixel
     n_nb = neighbors.size(0)
     crow = torch.arange(0, n * n_nb + 1, n_nb, device=x.device)
@@ -274,8 +371,29 @@ def _walk(x, edge, radius, beta, exp_times, walk_dtype):
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         mat = torch.sparse_csr_tensor(crow, neighbors.t().reshape(-1), weights.t().reshape(-1),
                                       (n, n), check_invariants=False)
-    walk = x.reshape(-1, height, width).to(walk_dtype) * (1 - edge)
-    walk = walk.reshape(-1, n).t().contiguous()  # (n, K): the pixel axis is the one M contracts
-    for _ in range(2 ** exp_times):
+    walk = x.reshape(-1, n).t().contiguous()  # (n, C): the pixel axis is the one M contracts
+    for _ in range(steps):
         walk = mat @ walk
-    return walk.t().reshape(-1, 1, height, width).to(x.dtype)
+    return walk.t()
+
+
+def random_walk(x, aff, radius=5, beta=8, logt=8, walk_dtype=torch.float64):
+    """AffinityNet's random walk (PSA's infer_aff.py:103-114, also SEAM's), without the n x n matrix.
+
+    x: (C, h, w) scores on the affinity grid (cam_walk_scores); aff: (n_dirs, h, w) affinities at that
+    grid, aff[d, y, x] = affinity of (y, x) and (y, x) + _search_directions(radius)[d] (pairs_to_grid
+    turns the training form into this). Only PSA's pairs are used: sources in rows [0, h - rf) and columns
+    [rf, w - rf), rf = ceil(radius) - 1; other entries are ignored. Returns x @ T^(2^logt), (C, h, w) in
+    x's dtype and device, T = aff^beta (symmetric, ones on the diagonal) divided by its column sums; every
+    channel walks, the background too, and nothing multiplies x first (IRNet's (1 - edge) is not here).
+    It runs in `walk_dtype` on one CPU thread, as propagate_to_edge does.
+    """
+    height, width = x.shape[-2:]
+    directions = _search_directions(radius)
+    if aff.shape != (len(directions), height, width):
+        raise ValueError(f"aff has {tuple(aff.shape)}, expected {(len(directions), height, width)}")
+    with _single_thread_on(x.device):
+        weights = torch.pow(aff.to(device=x.device, dtype=walk_dtype), beta)
+        neighbors, weights = pair_transition(weights, directions, source_mask((height, width), radius, x.device))
+        out = _apply_steps(x.reshape(-1, height, width).to(walk_dtype), neighbors, weights, 2 ** logt)
+    return out.reshape(-1, height, width).to(x.dtype)

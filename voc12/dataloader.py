@@ -1,5 +1,6 @@
 """PASCAL VOC 2012 data sets for every step: classification training, multi-scale inference,
-segmentation / affinity training and raw images for the CRF.
+segmentation / affinity training (IRNet's from IR label PNGs, AffinityNet's from la/ha CRF score maps)
+and raw images for the CRF.
 
 Lists and folders are always arguments. Items are plain numpy arrays (torch's default collate
 turns them into tensors). Each item draws its randomness from rng_for(idx), a generator seeded by
@@ -9,7 +10,7 @@ import os
 
 import numpy as np
 
-from misc import imutils
+from misc import imutils, pyutils
 from misc.pyutils import UserError, require_dir, require_file
 from voc12 import CAT_LIST, CAT_NAME_TO_IDX, N_CAT
 
@@ -18,7 +19,10 @@ IGNORE = 255
 
 
 def load_img_name_list(path):
-    """Image ids, one per line (extra columns, as in some VOC lists, are ignored)."""
+    """Image ids, one per line (extra columns, as in some VOC lists, are ignored). Given a list or tuple
+    of list files, the union in order of first appearance, each id once."""
+    if isinstance(path, (list, tuple)):
+        return list(dict.fromkeys(n for p in path for n in load_img_name_list(p)))
     require_file(path, "image list", "pass a text file with one image id per line")
     with open(path) as f:
         names = [line.split()[0] for line in f if line.strip()]
@@ -93,14 +97,19 @@ class VOC12ImageDataset(_Seeded):
 
 class VOC12ClassificationDataset(VOC12ImageDataset):
     """Images with their 20-class multi-hot label, augmented as SPEC step 1: random long-side
-    resize (bicubic), random flip, normalise, crop padded with 0 ('random' for training,
-    'top_left' for validation)."""
+    resize (bicubic), random flip, optional colour jitter (PSA, SEAM), normalise, crop padded with 0
+    ('random' for training, 'top_left' (IRNet) or 'center' (PSA) for validation).
+
+    color_jitter: None, or (brightness, contrast, saturation, hue) of torchvision's ColorJitter, applied
+    after the flip and before normalising, as PSA's train_cls.py does."""
 
     def __init__(self, img_name_list_path, voc12_root, cls_labels_path, resize_long=None,
-                 hor_flip=False, crop_size=None, crop_method=None, seed=0):
+                 hor_flip=False, crop_size=None, crop_method=None, seed=0, color_jitter=None):
         super().__init__(img_name_list_path, voc12_root)
-        if crop_method not in (None, "random", "top_left"):
-            raise ValueError(f"crop_method must be 'random' or 'top_left', got {crop_method!r}")
+        if crop_method not in (None, "random", "top_left", "center"):
+            raise ValueError(f"crop_method must be 'random', 'top_left' or 'center', got {crop_method!r}")
+        if color_jitter is not None and len(color_jitter) != 4:
+            raise ValueError(f"color_jitter must be (brightness, contrast, saturation, hue), got {color_jitter!r}")
         all_labels = load_cls_labels(cls_labels_path)
         missing = [n for n in self.img_name_list if n not in all_labels]
         if missing:
@@ -111,6 +120,7 @@ class VOC12ClassificationDataset(VOC12ImageDataset):
         self.hor_flip = hor_flip
         self.crop_size = crop_size
         self.crop_method = crop_method
+        self.color_jitter = tuple(color_jitter) if color_jitter is not None else None
         self.seed = seed
         self.normalize = imutils.Normalize()
 
@@ -124,10 +134,14 @@ class VOC12ClassificationDataset(VOC12ImageDataset):
             img = imutils.random_resize_long(img, self.resize_long[0], self.resize_long[1], rng)
         if self.hor_flip:
             img = imutils.random_lr_flip(img, rng)
+        if self.color_jitter:
+            img = imutils.color_jitter(img, rng, *self.color_jitter)
         img = self.normalize(img)
         if self.crop_size:
             if self.crop_method == "random":
                 img = imutils.random_crop(img, self.crop_size, 0, rng)
+            elif self.crop_method == "center":
+                img = imutils.center_crop(img, self.crop_size, 0)
             else:  # IRNet semantics: anything but 'random' is the deterministic top-left crop
                 img = imutils.top_left_crop(img, self.crop_size, 0)
         return imutils.HWC_to_CHW(img)
@@ -219,3 +233,105 @@ class VOC12AffinityDataset(VOC12SegmentationDataset):
         bg_pos, fg_pos, neg = affinity_labels(small, self.indices_from, self.indices_to)
         out["aff_bg_pos_label"], out["aff_fg_pos_label"], out["aff_neg_label"] = bg_pos, fg_pos, neg
         return out
+
+
+def crf_path(crf_dir, name):
+    return os.path.join(crf_dir, name + ".npz")
+
+
+def load_crf(crf_dir, name, size=None):
+    """One la/ha CRF score file of cam_to_crf: (keys, crf) with keys int64 [0, classes + 1] (VOC labels)
+    and crf float32 (1 + K, H, W), checked against the image `size` (H, W) when given."""
+    path = crf_path(crf_dir, name)
+    require_file(path, "CRF score file", "run the cam_to_crf step first")
+    d = pyutils.load_npz(path, keys=("keys", "crf"))
+    keys, crf = d["keys"], d["crf"]
+    if not (keys.ndim == 1 and keys.dtype.kind in "iu" and keys.size >= 1 and keys[0] == 0
+            and ((keys >= 0) & (keys <= N_CAT)).all() and crf.ndim == 3 and crf.shape[0] == keys.size):
+        raise UserError(f"{path} is not a CRF score file of cam_to_crf (keys {keys.tolist()[:25]}, crf {crf.shape}); "
+                        "delete it and rerun cam_to_crf")
+    if size is not None and crf.shape[1:] != tuple(int(v) for v in size):
+        raise UserError(f"{path} does not fit {name}, a {size[1]}x{size[0]} image: its maps are "
+                        f"{crf.shape[2]}x{crf.shape[1]}; rerun cam_to_crf with --force")
+    return keys.astype(np.int64), crf.astype(np.float32, copy=False)
+
+
+class VOC12AffDataset(VOC12ImageDataset):
+    """AffinityNet training samples from the la/ha CRF score maps (PSA's VOC12AffDataset with
+    train_aff.py's transforms, SPEC_RESNET38 2.3):
+
+    colour jitter of the uint8 image; one random crop of the image (padded with 0 in raw pixel values,
+    i.e. black) and of the 2(1 + K) stacked la and ha score maps (padded with 0); normalise; one random
+    flip of both; 8x8 block means of the scores; label = la's argmax where it is a class, 255 where la
+    says background, 0 wherever ha says background, 255 in cells made only of padding; then bg/fg/neg
+    pair labels on the crop_size/8 grid for PSA's pair set (pair_indices). Labels hold VOC class ids.
+    Items: {'name', 'img' float32 (3, crop, crop), 'label' uint8 (crop/8, crop/8),
+    'aff_bg_pos_label', 'aff_fg_pos_label', 'aff_neg_label' float32 (n_dirs, n_src)}.
+    """
+
+    stride = 8
+
+    def __init__(self, img_name_list_path, la_crf_dir, ha_crf_dir, crop_size, voc12_root, radius=5,
+                 color_jitter=(0.3, 0.3, 0.3, 0.1), hor_flip=True, seed=0):
+        from misc.indexing import pair_indices  # imported late: indexing is a heavier module
+
+        super().__init__(img_name_list_path, voc12_root)
+        if crop_size % self.stride:
+            raise ValueError(f"crop_size must be a multiple of {self.stride}, got {crop_size}")
+        for crf_dir, what in ((la_crf_dir, "la"), (ha_crf_dir, "ha")):
+            require_dir(crf_dir, f"{what} CRF folder", "run the cam_to_crf step first")
+            for name in self.img_name_list:
+                if not os.path.isfile(crf_path(crf_dir, name)):
+                    raise UserError(f"{what} CRF scores of id {name} not found: {crf_path(crf_dir, name)}; "
+                                    "run the cam_to_crf step, or fix the folder")
+        self.la_crf_dir, self.ha_crf_dir = la_crf_dir, ha_crf_dir
+        self.crop_size = crop_size
+        self.radius = radius
+        self.color_jitter = tuple(color_jitter) if color_jitter else None
+        self.hor_flip = hor_flip
+        self.seed = seed
+        self.normalize = imutils.Normalize()
+        grid = crop_size // self.stride
+        self.indices_from, self.indices_to = pair_indices(radius, (grid, grid))
+
+    def load_example(self, idx):
+        """(name, uint8 HWC image, keys [0, classes + 1], la and ha scores stacked: (2(1 + K), H, W))."""
+        name = self.img_name_list[idx]
+        img = self.load_img(idx)
+        la_keys, la = load_crf(self.la_crf_dir, name, img.shape[:2])
+        ha_keys, ha = load_crf(self.ha_crf_dir, name, img.shape[:2])
+        if not np.array_equal(la_keys, ha_keys):
+            raise UserError(f"{crf_path(self.la_crf_dir, name)} holds classes {la_keys.tolist()} but "
+                            f"{crf_path(self.ha_crf_dir, name)} {ha_keys.tolist()}; rerun cam_to_crf with --force")
+        return name, img, la_keys, np.concatenate([la, ha], axis=0)
+
+    def transform(self, img, scores, rng):
+        """(float32 (3, crop, crop) image, float32 (crop/8, crop/8, 2(1 + K)) block means of the scores)."""
+        if self.color_jitter:
+            img = imutils.color_jitter(img, rng, *self.color_jitter)
+        img, scores = imutils.random_crop((img, np.transpose(scores, (1, 2, 0))), self.crop_size, (0, 0), rng)
+        img = self.normalize(img)
+        if self.hor_flip:
+            img, scores = imutils.random_lr_flip((img, scores), rng)
+        return imutils.HWC_to_CHW(img), imutils.block_mean(scores, self.stride)
+
+    @staticmethod
+    def label_from_scores(scores, keys):
+        """PSA's la/ha rule on block-mean scores (h, w, 2(1 + K)) -> uint8 (h, w) VOC labels, 255 unsure."""
+        no_score = np.max(scores, axis=-1) < 1e-5
+        la, ha = (np.argmax(part, axis=-1) for part in np.array_split(scores, 2, axis=-1))
+        label = np.asarray(keys)[la].astype(np.uint8)
+        label[la == 0] = IGNORE
+        label[ha == 0] = 0
+        label[no_score] = IGNORE
+        return label
+
+    def __getitem__(self, idx):
+        from misc.indexing import affinity_labels
+
+        name, img, keys, scores = self.load_example(idx)
+        img, scores = self.transform(img, scores, self.rng_for(idx))
+        label = self.label_from_scores(scores, keys)
+        bg_pos, fg_pos, neg = affinity_labels(label, self.indices_from, self.indices_to)
+        return {"name": name, "img": img, "label": label,
+                "aff_bg_pos_label": bg_pos, "aff_fg_pos_label": fg_pos, "aff_neg_label": neg}
