@@ -69,7 +69,10 @@ def build_parser():
                       help="images that train both networks (and get CAMs and IR labels)")
     data.add_argument("--val_list", default="voc12/val.txt", help="validation loss of train_cam")
     data.add_argument("--infer_list", default="voc12/train.txt",
-                      help="images that get pseudo masks (and feed the instance pool)")
+                      help="images that get pseudo masks (evaluated as --chainer_eval_set)")
+    data.add_argument("--pool_list", default=None,
+                      help="images whose stage I pseudo masks feed the instance pool (default: --train_list, as "
+                           "CDA: stage I's make_sem_seg then masks these too, in the same pass)")
     data.add_argument("--cls_labels", default="voc12/cls_labels.txt",
                       help="image-level labels: <id> <class name> ... per line")
     data.add_argument("--chainer_eval_set", default="train",
@@ -126,14 +129,24 @@ def build_parser():
                      help="smallest foreground share of an image kept in the pool (inclusive)")
     cda.add_argument("--pool_max_ratio", default=0.7, type=float,
                      help="largest foreground share kept in the pool (inclusive)")
+    cda.add_argument("--cda_paste", default="reference", choices=["reference", "trimmed"],
+                     help="reference: CDA's paste functions pixel for pixel (cubic-spline rotation, untrimmed "
+                          "canvas, bilinear class-valued mask); trimmed: ours (canvas trimmed to the object)")
+    cda.add_argument("--cda_pair_view", default="independent", choices=["independent", "shared"],
+                     help="independent: the copy gets its own resize, flip and crop, as CDA; shared: the same "
+                          "view as its original")
+    cda.add_argument("--cda_max_step", default="reference", choices=["reference", "steps"],
+                     help="reference: CDA's poly max_step from the full batch while steps take half batches, "
+                          "so the lr sits at its floor for the second half; steps: decay over every step")
     cda.add_argument("--cda_rotation", default=(-90.0, 90.0), type=float, nargs=2, metavar=("MIN", "MAX"),
-                     help="rotation range of pasted objects, degrees")
+                     help="rotation range of pasted objects, degrees (integer draws with --cda_paste reference)")
     cda.add_argument("--cda_max_size", default=0.7, type=float,
                      help="pasted object at most this share of the image height and width")
     cda.add_argument("--cda_blend", default="none", choices=["none", "gaussian"],
-                     help="hard paste, or blend with a 3x3 Gaussian-blurred mask")
+                     help="hard paste, or blend with a 3x3 Gaussian-blurred mask (reference: "
+                          "data_aug_rotation_blur)")
     cda.add_argument("--cda_scale_jitter", type=str2bool, nargs="?", const=True, default=False,
-                     help="also scale the object by a factor in [0.8, 1.2]")
+                     help="also scale the object by a factor in [0.8, 1.2] (reference: data_aug, no rotation)")
     cda.add_argument("--cda_num_instances", default=1, type=int,
                      help="instances pasted per image, classes without repetition")
 
@@ -169,6 +182,9 @@ def check_args(args):
         v = getattr(args, name)
         if not 0 <= v <= 1:
             raise pyutils.UserError(f"--{name} must be within [0, 1], got {v}")
+    if args.cda_paste == "reference" and args.cda_blend != "none" and args.cda_scale_jitter:
+        raise pyutils.UserError("--cda_blend gaussian and --cda_scale_jitter together have no reference function "
+                                "(data_aug_rotation_blur or data_aug): drop one, or use --cda_paste trimmed")
     if args.pool_min_ratio > args.pool_max_ratio:
         raise pyutils.UserError("--pool_min_ratio must not exceed --pool_max_ratio")
     for name in ("cam_batch_size", "cam_num_epoches", "irn_batch_size", "irn_num_epoches", "cam_crop_size",
@@ -216,6 +232,9 @@ def stage_args(args, stage):
     """The namespace one stage's steps read: same step modules, other folders and data set."""
     a = copy.copy(args)
     a.stage = stage
+    a.sem_seg_lists = [args.infer_list]
+    if stage == "stage1" and args.stage2 and args.make_instance_pool_pass and args.pool_source == "sem_seg":
+        a.sem_seg_lists.append(args.pool_list)
     if stage == "stage2":
         a.cam_weights_name, a.irn_weights_name = args.cam_aug_weights_name, args.irn_aug_weights_name
         a.cam_out_dir, a.ir_label_out_dir = args.cam_aug_out_dir, args.ir_label_aug_out_dir
@@ -229,6 +248,12 @@ def stage_args(args, stage):
     elif args.irn_backbone_weights == "cam":
         a.irn_backbone_weights = a.cam_weights_name
     return a
+
+
+def resolve_defaults(args):
+    """Defaults that follow other flags."""
+    if args.pool_list in (None, ""):
+        args.pool_list = args.train_list
 
 
 def resolve_paths(args):
@@ -313,6 +338,7 @@ def main(argv=None):
                 demo.prepare(args)
             dist.barrier()
             demo.prepare(args)
+        resolve_defaults(args)
         check_args(args)
         resolve_paths(args)
         pyutils.setup_logging(args.log_name if dist.is_main() else None)

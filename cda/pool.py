@@ -10,7 +10,11 @@ but never as foreground, because SPEC speaks of the share "of the image".
 
 On disk (`out_dir`):
     <class name>/<id>.png   RGBA crop of the foreground bounding box, alpha 255 on the class pixels
-    pool.json               counts per class, source, thresholds, classes without instances, ids
+    pool.json               the image list, counts per class, source, thresholds, classes without instances, ids
+The reference's paste rotates and resizes the crop's class-valued mask (class index + 1 on the object,
+0 elsewhere in the box), so the interpolated values depend on the class. An instance holds one class
+and its folder names it, so that mask is exactly (alpha == 255) * (class index + 1): InstancePool
+rebuilds it on load, losslessly.
     preview.png             a few instances per class, one row per class
 The folder is built beside `out_dir` under a temporary name and renamed into place at the end,
 so an interrupted run never leaves a half pool that the training step would trust.
@@ -99,10 +103,11 @@ def _read_image(path):
 
 
 def build_pool(ids, mask_dir, image_dir, out_dir, min_ratio=0.1, max_ratio=0.7, class_names=None,
-               source=None, image_ext=".jpg", preview_per_class=6):
+               source=None, image_ext=".jpg", preview_per_class=6, list_path=None):
     """Scan `<mask_dir>/<id>.png` for every id, keep the qualifying ones, write the pool to `out_dir`.
 
-    `source` is a free word stored in pool.json and used in messages (e.g. 'sem_seg', 'gt').
+    `source` is a free word stored in pool.json and used in messages (e.g. 'sem_seg', 'gt'); `list_path`,
+    the list file `ids` came from, is recorded there too.
     Returns the pool.json content. Raises UserError on a missing or malformed file and when no
     mask qualifies (an empty pool cannot train anything).
     """
@@ -127,7 +132,8 @@ def build_pool(ids, mask_dir, image_dir, out_dir, min_ratio=0.1, max_ratio=0.7, 
             mask_path = os.path.join(mask_dir, name + ".png")
             if not os.path.isfile(mask_path):
                 raise UserError(f"mask of {name} not found: {mask_path}; rerun the step that writes "
-                                f"{mask_dir} on the same list, or pick another --pool_source")
+                                f"{mask_dir} on the same list (stage I's make_sem_seg covers --pool_list only "
+                                f"when stage II is on), or pick another --pool_source")
             mask = _read_mask(mask_path)
             bad = (mask > len(class_names)) & (mask != IGNORE)
             if bad.any():
@@ -155,6 +161,7 @@ def build_pool(ids, mask_dir, image_dir, out_dir, min_ratio=0.1, max_ratio=0.7, 
             raise UserError(empty_pool_message(source, mask_dir, min_ratio, max_ratio, len(ids)))
         meta = {
             "source": source,
+            "list": list_path,
             "mask_dir": os.path.abspath(mask_dir),
             "image_dir": os.path.abspath(image_dir),
             "min_ratio": min_ratio,
@@ -218,8 +225,19 @@ def write_preview(pool_dir, meta, path, per_class=6, cell=96, label_width=120):
     grid.save(path)
 
 
+def _class_valued(mask, c):
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        return mask.astype(np.uint8) * np.uint8(c + 1)
+    if not np.isin(mask, (0, c + 1)).all():
+        raise ValueError(f"an instance mask of class index {c} must hold 0 and {c + 1} only")
+    return mask.astype(np.uint8)
+
+
 class InstancePool:
-    """Instances grouped by 0-based class index: `instances[c]` is a list of (rgb uint8 HWC, mask bool HW).
+    """Instances grouped by 0-based class index: `instances[c]` is a list of (rgb uint8 HWC, mask uint8 HW)
+    where the mask holds c + 1 on the object and 0 elsewhere, as the reference's pool files. Boolean
+    masks given to the constructor are turned into that form.
 
     Built from a pool folder with InstancePool.load(dir), or directly from arrays (tests, other
     sources). Loaded eagerly: a pool is a few hundred small crops, and DataLoader workers share
@@ -228,7 +246,8 @@ class InstancePool:
 
     def __init__(self, instances, class_names, meta=None):
         self.class_names = list(class_names)
-        self.instances = {int(c): list(v) for c, v in instances.items() if len(v) > 0}
+        self.instances = {int(c): [(rgb, _class_valued(mask, int(c))) for rgb, mask in v]
+                          for c, v in instances.items() if len(v) > 0}
         self.meta = meta or {}
         for c in self.instances:
             if not 0 <= c < len(self.class_names):
@@ -264,7 +283,7 @@ class InstancePool:
                 if not os.path.isfile(path):
                     raise UserError(f"pool instance missing: {path}; rerun the make_instance_pool step")
                 rgba = np.asarray(Image.open(path).convert("RGBA"))
-                instances.setdefault(c, []).append((np.ascontiguousarray(rgba[..., :3]), rgba[..., 3] > 127))
+                instances.setdefault(c, []).append((np.ascontiguousarray(rgba[..., :3]), rgba[..., 3] == 255))
         pool = cls(instances, names, meta)
         if len(pool) == 0:
             raise UserError(empty_pool_message(meta.get("source"), meta.get("mask_dir"), meta.get("min_ratio"),

@@ -33,6 +33,13 @@ class PolyOptimizer(torch.optim.SGD):
     def poly_lr_mult(self, step):
         return (1 - step / self.max_step) ** self.power
 
+    def lr_mult(self, step):
+        """The factor on the base lr that the update of step `step` (0-based) uses: the rate is last set
+        before step max_step - 1, so later steps keep that floor, (1 / max_step) ** power."""
+        if self.max_step <= 0:  # the rate is never set: the base rate throughout
+            return 1.0
+        return self.poly_lr_mult(min(step, self.max_step - 1))
+
     def step(self, closure=None):
         if self.global_step < self.max_step:
             mult = self.poly_lr_mult(self.global_step)

@@ -1,7 +1,8 @@
 """Stage II, first step: build the CDA instance pool from stage I's pseudo masks (or the ground truth).
 
---pool_source sem_seg reads args.pool_mask_dir (stage I's make_sem_seg_labels output on the
-inference list); --pool_source gt reads <voc12_root>/SegmentationClass, an upper-bound ablation.
+--pool_source sem_seg reads args.pool_mask_dir (stage I's make_sem_seg_labels output, which covers
+--pool_list: the training list by default, as CDA pools from its walks over train_aug); --pool_source gt
+reads <voc12_root>/SegmentationClass, an upper-bound ablation. The images are those of --pool_list.
 """
 import os
 
@@ -20,12 +21,12 @@ def run(args):
         mask_dir = os.path.join(args.voc12_root, "SegmentationClass")
     else:
         raise UserError(f"--pool_source must be 'sem_seg' or 'gt', got {args.pool_source!r}")
-    ids = load_img_name_list(args.infer_list)
-    log(f"instance pool: {len(ids)} masks from {args.pool_source} ({mask_dir}), "
+    ids = load_img_name_list(args.pool_list)
+    log(f"instance pool: {len(ids)} masks of {args.pool_list} from {args.pool_source} ({mask_dir}), "
         f"foreground ratio {args.pool_min_ratio}..{args.pool_max_ratio}")
     meta = build_pool(ids, mask_dir, os.path.join(args.voc12_root, "JPEGImages"), args.pool_dir,
                       min_ratio=args.pool_min_ratio, max_ratio=args.pool_max_ratio,
-                      class_names=CAT_LIST, source=args.pool_source)
+                      class_names=CAT_LIST, source=args.pool_source, list_path=args.pool_list)
     log(f"instance pool: {meta['num_instances']} instances in {args.pool_dir}; rejected {meta['rejected']}")
     log("  " + ", ".join(f"{c} {n}" for c, n in meta["counts"].items() if n))
     if meta["classes_without_instances"]:

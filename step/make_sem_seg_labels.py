@@ -1,4 +1,8 @@
-"""Step 6: pseudo masks by a random walk of the CAMs over the affinities of the predicted boundary map."""
+"""Step 6: pseudo masks by a random walk of the CAMs over the affinities of the predicted boundary map.
+
+Images: args.sem_seg_lists (list files, their union in order, each image once; the driver sets it to
+--infer_list plus, in stage I, --pool_list), or args.infer_list alone.
+"""
 import os
 
 import numpy as np
@@ -32,7 +36,9 @@ def run(args):
     resnet50_irn.load_irn_weights(model, args.irn_weights_name)
     model = model.to(device).eval()
 
-    dataset = VOC12ClassificationDatasetMSF(args.infer_list, args.voc12_root, args.cls_labels, scales=(1.0,))
+    # stage I also masks --pool_list for the instance pool (CDA walks over train_aug): one pass, each image once
+    lists = getattr(args, "sem_seg_lists", None) or [args.infer_list]
+    dataset = VOC12ClassificationDatasetMSF(lists, args.voc12_root, args.cls_labels, scales=(1.0,))
     os.makedirs(args.sem_seg_out_dir, exist_ok=True)
 
     def out(name):

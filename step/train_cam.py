@@ -14,9 +14,24 @@ from voc12.dataloader import VOC12ClassificationDataset
 def paired_dataset(base, pool, args):
     """Wrap a classification set with the CDA paste augmentation (stage II)."""
     from cda.dataset import PairedDataset
-    return PairedDataset(base, pool, seed=args.seed, num_instances=args.cda_num_instances,
-                         rotation=tuple(args.cda_rotation), max_size=args.cda_max_size, blend=args.cda_blend,
-                         scale_jitter=(0.8, 1.2) if args.cda_scale_jitter else None)
+    from cda.paste import SCALE_JITTER
+    return PairedDataset(base, pool, seed=args.seed, views=args.cda_pair_view,
+                         num_instances=args.cda_num_instances, rotation=tuple(args.cda_rotation),
+                         max_size=args.cda_max_size, blend=args.cda_blend, geometry=args.cda_paste,
+                         scale_jitter=SCALE_JITTER if args.cda_scale_jitter else None)
+
+
+def cam_max_step(num_images, loader_steps, args, cda):
+    """Steps over which the poly schedule decays.
+
+    CDA's aug_step/train_cam.py computes (len(train) // cam_batch_size) * epochs with the full batch while
+    its loader takes cam_batch_size / 2 pairs a step: the run takes twice max_step steps, and from max_step
+    on the poly optimiser leaves the lr at its floor base * (1 / max_step) ** 0.9. --cda_max_step reference
+    (the default) reproduces that quirk; 'steps' decays over every step taken, as stage I does.
+    """
+    if cda and args.cda_max_step == "reference":
+        return (num_images // args.cam_batch_size) * args.cam_num_epoches
+    return loader_steps * args.cam_num_epoches
 
 
 def unpack(batch, device):
@@ -38,6 +53,8 @@ def classification_loss(model, batch, device):
 
 
 def validate(model, loader, device, amp):
+    """Mean loss per image over the validation loader, or None when it yields no batch (a paired set with
+    drop_last and fewer than one batch of pairs)."""
     model.eval()
     net = training.unwrap(model)  # not through DDP: shards differ in length, DDP's forward may sync buffers
     total, n = torch.zeros(2, dtype=torch.float64), 0
@@ -48,7 +65,7 @@ def validate(model, loader, device, amp):
             total += torch.tensor([loss.item(), img.shape[0]], dtype=torch.float64)
     total = dist.all_reduce_sum(total)
     model.train()
-    return (total[0] / max(total[1], 1)).item()
+    return (total[0] / total[1]).item() if total[1] > 0 else None
 
 
 def run(args):
@@ -76,9 +93,9 @@ def run(args):
         raise pyutils.UserError(f"{args.train_list} has {len(train_set)} images, fewer than one batch "
                                 f"({batch}); lower --cam_batch_size")
     loader = training.make_loader(train_set, batch, True, args.seed, args.num_workers, device, drop_last=True)
-    val_loader = training.make_loader(val_set, batch, False, args.seed, args.num_workers, device,
-                                      drop_last=False)
-    max_step = len(loader) * args.cam_num_epoches  # (len(train) // batch) * epochs, as the reference
+    # CDA validates pairs in batches of cam_batch_size / 2 with drop_last; IRNet keeps the last partial batch
+    val_loader = training.make_loader(val_set, batch, False, args.seed, args.num_workers, device, drop_last=cda)
+    max_step = cam_max_step(len(train_set), len(loader), args, cda)
 
     torch.manual_seed(args.seed)  # the head's (and a 'none' backbone's) initial weights: same seed, same run
     model = resnet50_cam.Net(backbone_weights=args.backbone_weights, from_scratch=args.from_scratch)
@@ -89,11 +106,21 @@ def run(args):
         lr=args.cam_learning_rate, weight_decay=args.cam_weight_decay, max_step=max_step,
         momentum=args.cam_momentum)
     model = training.prepare_model(model, device)
+    total_steps = len(loader) * args.cam_num_epoches
     pyutils.log(f"train_cam{' (CDA paired)' if cda else ''}: {len(train_set)} images, batch "
-                f"{args.cam_batch_size}, {args.cam_num_epoches} epochs, {max_step} steps, device {device}")
+                f"{args.cam_batch_size}, {args.cam_num_epoches} epochs, {total_steps} steps, poly max_step "
+                f"{max_step}{' (--cda_max_step ' + args.cda_max_step + ')' if cda else ''}, device {device}")
+    if total_steps > max_step:
+        pyutils.log(f"  the lr stays at its floor {optimizer.lr_mult(max_step):.3g} x base from step {max_step} on")
 
     def after_epoch(epoch):
-        pyutils.log(f"  validation loss {validate(model, val_loader, device, args.amp):.4f}")
+        first, last = epoch * len(loader), (epoch + 1) * len(loader)
+        mults = [optimizer.lr_mult(s) for s in range(first, last)]
+        pyutils.log(f"  lr factor in epoch {epoch + 1}: {mults[0]:.4g} -> {mults[-1]:.4g}, mean "
+                    f"{sum(mults) / len(mults):.4g} (backbone lr now {optimizer.param_groups[0]['lr']:.4g})")
+        loss = validate(model, val_loader, device, args.amp)
+        pyutils.log(f"  validation loss {loss:.4f}" if loss is not None else
+                    f"  validation: {args.val_list} holds fewer than one batch of pairs (drop_last), no loss")
 
     ran = training.fit(model, loader, optimizer, lambda m, b: classification_loss(m, b, device),
                        args.cam_num_epoches, args.cam_weights_name, device, amp=args.amp, resume=args.resume,

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from cda.dataset import PairedDataset, sample_grid
-from cda.paste import paste_instances
+from cda.paste import paste_instances, paste_with, shrink_size
 from cda.pool import InstancePool, build_pool, crop_instance, select_instances
 from misc.pyutils import UserError
 
@@ -127,7 +127,10 @@ def test_build_pool_writes_and_loads(tmp_path):
     pool = InstancePool.load(out)
     assert pool.classes_with_instances() == [2, 4]
     rgb, mask = pool.get(2, 0)
-    assert rgb.dtype == np.uint8 and mask.dtype == bool and rgb.shape[:2] == mask.shape
+    assert rgb.dtype == np.uint8 and mask.dtype == np.uint8 and rgb.shape[:2] == mask.shape
+    # the reference's class-valued mask (class index + 1 on the object), rebuilt from alpha and the folder
+    assert (mask == np.where(rgba[..., 3] == 255, 3, 0)).all()
+    assert on_disk["list"] is None
 
     # a rebuild with other thresholds replaces the old pool entirely
     meta = build_pool(list(specs), tmp_path / "masks", tmp_path / "img", out, 0.2, 0.7,
@@ -157,14 +160,16 @@ def test_missing_mask_is_a_user_error(tmp_path):
 
 # ---------------------------------------------------------------- the paste
 
-def test_paste_without_rotation_copies_the_instance_exactly():
+def test_trimmed_paste_without_rotation_copies_the_instance_exactly():
     pool = InstancePool({3: [blob(7, 9, 1)]}, NAMES)
     rgb, mask = pool.get(3, 0)
     img = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     for seed in range(20):
-        aug, label, pasted = paste_instances(img, onehot(0), pool, np.random.default_rng(seed), rotation=(0, 0))
+        aug, label, pasted = paste_instances(img, onehot(0), pool, np.random.default_rng(seed), rotation=(0, 0),
+                                             geometry="trimmed")
         y0, y1, x0, x1 = pasted_bbox(pasted)
         assert (y1 - y0, x1 - x0) == mask.shape  # small enough: never shrunk
+        mask = mask > 0
         assert (pasted[y0:y1, x0:x1] == np.where(mask, 4, 0)).all()
         assert (aug[y0:y1, x0:x1][mask] == rgb[mask]).all()
         assert (aug[pasted == 0] == img[pasted == 0]).all()
@@ -202,14 +207,16 @@ def test_num_instances_draws_distinct_absent_classes():
     assert set(np.flatnonzero(new_label)) == {0, 1, 2, 3, 4}
 
 
+@pytest.mark.parametrize("geometry", ["reference", "trimmed"])
 @pytest.mark.parametrize("blend, jitter", [("none", None), ("gaussian", None), ("none", (0.8, 1.2))])
-def test_pasted_object_fits_and_respects_max_size(blend, jitter):
+def test_pasted_object_fits_and_respects_max_size(blend, jitter, geometry):
     pool = make_pool([(6, 5), (40, 13), (90, 120), (25, 25)])  # some larger than the image
     rng = np.random.default_rng(0)
     for _ in range(150):
         H, W = int(rng.integers(20, 60)), int(rng.integers(20, 60))
         img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-        aug, _, pasted = paste_instances(img, onehot(9), pool, rng, blend=blend, scale_jitter=jitter)
+        aug, _, pasted = paste_instances(img, onehot(9), pool, rng, blend=blend, scale_jitter=jitter,
+                                         geometry=geometry)
         assert aug.shape == img.shape and aug.dtype == np.uint8
         y0, y1, x0, x1 = pasted_bbox(pasted)
         limit = 1.0 if jitter else 0.7  # jitter may enlarge, but never beyond the image
@@ -273,7 +280,7 @@ class FakeBase:
 
 
 def test_paired_item_differs_only_where_pasted():
-    paired = PairedDataset(FakeBase(), make_pool(), seed=3)
+    paired = PairedDataset(FakeBase(), make_pool(), seed=3, views="shared")
     n_diff = 0
     for idx in range(len(paired)):
         item = paired[idx]
@@ -322,7 +329,7 @@ def test_draws_change_with_the_epoch():
 
 def test_no_paste_is_reported():
     pool = InstancePool({5: [blob(5, 5, 0)]}, NAMES)
-    paired = PairedDataset(FakeBase(n=3), pool, seed=0)  # labels 5, 6, 7: item 0 already has class 5
+    paired = PairedDataset(FakeBase(n=3), pool, seed=0, views="shared")  # labels 5, 6, 7: item 0 already has class 5
     counts = [paired[i]["num_pasted"] for i in range(3)]
     assert counts == [0, 1, 1]
     item = paired[0]
@@ -338,7 +345,7 @@ def test_sample_grid_writes_a_picture(tmp_path):
 # ---------------------------------------------------------------- on the toy VOC devkit
 
 def pool_args(devkit, tmp_path, **kw):  # the driver flags make_instance_pool reads
-    args = dict(pool_source="gt", pool_mask_dir=None, infer_list=os.path.join(devkit, "train_aug.txt"),
+    args = dict(pool_source="gt", pool_mask_dir=None, pool_list=os.path.join(devkit, "train_aug.txt"),
                 voc12_root=str(devkit), pool_min_ratio=0.05, pool_max_ratio=0.9, pool_dir=str(tmp_path / "pool"))
     args.update(kw)
     return types.SimpleNamespace(**args)
@@ -358,7 +365,7 @@ def test_make_instance_pool_step_and_paired_voc_data(tiny_devkit, tmp_path):
     base = VOC12ClassificationDataset(os.path.join(tiny_devkit, "train_aug.txt"), str(tiny_devkit),
                                       os.path.join(tiny_devkit, "cls_labels.txt"), hor_flip=True,
                                       crop_size=64, crop_method="random", seed=4)
-    paired = PairedDataset(base, pool)
+    paired = PairedDataset(base, pool, views="shared")
     assert paired.seed == 4
     mean = base.transform(np.zeros((8, 8, 3), np.uint8), np.random.default_rng(0))[:, 0, 0]
     for idx in range(min(6, len(paired))):
@@ -393,12 +400,92 @@ def test_make_instance_pool_user_errors(tiny_devkit, tmp_path):
     assert not (tmp_path / "pool").exists()
 
 
-def test_rotated_object_keeps_its_colour_at_the_border():
-    """Bilinear rotation must not darken the object's edge with the canvas fill (a dark fringe)."""
+def test_trimmed_rotated_object_keeps_its_colour_at_the_border():
+    """Ours: bilinear rotation must not darken the object's edge with the canvas fill (a dark fringe)."""
     colour = np.array([200, 120, 40], np.uint8)
     pool = InstancePool({2: [(np.broadcast_to(colour, (20, 30, 3)).copy(), np.ones((20, 30), bool))]}, NAMES)
     img = np.zeros((60, 80, 3), np.uint8)
     for seed in range(5):
-        aug, _, pasted = paste_instances(img, onehot(0), pool, np.random.default_rng(seed), rotation=(30, 60))
+        aug, _, pasted = paste_instances(img, onehot(0), pool, np.random.default_rng(seed), rotation=(30, 60),
+                                         geometry="trimmed")
         assert pasted.any()
         assert np.abs(aug[pasted > 0].astype(int) - colour).max() <= 1
+
+
+# ---------------------------------------------------------------- the reference paste, pixel for pixel
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "cda_paste_reference.npz")
+
+
+def reference_cases():
+    """14 cases made by CDA's misc/imutils.py (data_aug_rotation, data_aug, data_aug_rotation_blur) with
+    random.randint / random.random patched to fixed draws and scipy.misc.imresize shimmed with PIL's
+    bilinear resize (tests/fixtures/README_cda_paste.md). Angles include 0 and 90; positions (0, 0), the
+    far corner, the middle and mixed corners."""
+    d = np.load(FIXTURE)
+    return [{k.split("_", 1)[1]: d[k] for k in d.files if k.startswith(f"{i}_")} for i in range(int(d["n"]))]
+
+
+@pytest.mark.parametrize("case", reference_cases(), ids=lambda c: f"{c['bg'].shape[0]}x{c['bg'].shape[1]}")
+def test_paste_with_equals_the_reference_functions(case):
+    bg, fg, seg = case["bg"], case["fg"], case["seg"]
+    assert set(np.unique(seg)) == {0, int(seg.max())}  # class index + 1 on the object
+    out = paste_with(bg, fg, seg, int(case["angle"]), int(case["row"]), int(case["col"]))
+    assert out.dtype == np.uint8 and out.shape == bg.shape
+    assert (out != bg).any()
+    assert (out == case["rotation"]).mean() == 1.0  # data_aug_rotation
+    out = paste_with(bg, fg, seg, None, int(case["scale_row"]), int(case["scale_col"]), factor=float(case["factor"]))
+    assert (out == case["scale"]).mean() == 1.0  # data_aug
+    out = paste_with(bg, fg, seg, int(case["angle"]), int(case["blur_row"]), int(case["blur_col"]), blend="gaussian")
+    assert (out == case["blur"]).mean() == 1.0  # data_aug_rotation_blur
+    assert (bg == case["bg"]).all()  # input untouched
+
+
+def test_paste_with_rejects_positions_that_do_not_fit():
+    case = reference_cases()[1]  # pasted at the far corner: one more row or column leaves the image
+    bg, fg, seg, angle, row, col = (case[k] for k in ("bg", "fg", "seg", "angle", "row", "col"))
+    paste_with(bg, fg, seg, int(angle), int(row), int(col))
+    for r, c in ((row + 1, col), (row, col + 1), (-1, 0), (0, -1)):
+        with pytest.raises(ValueError, match="does not fit"):
+            paste_with(bg, fg, seg, int(angle), int(r), int(c))
+
+
+def test_shrink_size_keeps_the_aspect_ratio_and_truncates():
+    assert shrink_size((10, 20), (100, 100)) == (10, 20)  # fits: unchanged (still resized to itself)
+    assert shrink_size((100, 50), (100, 100)) == (70, 35)  # height capped at 0.7 H
+    assert shrink_size((50, 100), (100, 100)) == (35, 70)  # width capped at 0.7 W
+    assert shrink_size((90, 200), (100, 100)) == (31, 70)  # height first (70 x 155.6), then width: 31.5 -> 31
+    assert shrink_size((10, 20), (100, 100), factor=1.15) == (11, 23)
+
+
+def test_reference_paste_draws_integer_angles_and_keeps_a_class_dependent_rim():
+    """The reference resizes the class-valued mask bilinearly and pastes where it is non-zero: a brighter
+    class value keeps more of the interpolated rim than class 1 does, with the same draws."""
+    img = np.zeros((80, 80, 3), np.uint8)
+    rgb = np.full((40, 40, 3), 200, np.uint8)
+    area = {}
+    for c in (0, 19):
+        pool = InstancePool({c: [(rgb, np.pad(np.ones((30, 30), bool), 5))]}, NAMES)
+        _, _, pasted = paste_instances(img, onehot(5), pool, np.random.default_rng(3), rotation=(-90, 90))
+        area[c] = (pasted > 0).sum()
+    assert area[19] > area[0] > 0  # about 1000 vs 900 pixels
+    with pytest.raises(ValueError, match="no paste with both"):
+        paste_instances(img, onehot(5), make_pool(), np.random.default_rng(0), blend="gaussian",
+                        scale_jitter=(0.8, 1.2))
+
+
+def test_independent_views_give_the_copy_its_own_crop():
+    paired = PairedDataset(FakeBase(same_image=True), InstancePool({}, NAMES), seed=1)  # nothing to paste
+    assert paired.views == "independent"
+    differ = 0
+    for idx in range(len(paired)):
+        item = paired[idx]
+        # the original is exactly the base's own view; the copy is the same image through another draw
+        assert np.array_equal(item["img"], paired.base.transform(paired.base.load_example(idx)[1],
+                                                                 paired.base.rng_for(idx)))
+        assert np.array_equal(item["img_aug"], paired.base.transform(paired.base.load_example(idx)[1],
+                                                                     paired.copy_view_rng(idx)))
+        differ += not np.array_equal(item["img"], item["img_aug"])
+    assert differ >= len(paired) - 2
+    with pytest.raises(ValueError, match="views"):
+        PairedDataset(FakeBase(), make_pool(), views="same")

@@ -65,6 +65,12 @@ def test_results_and_report(pipeline_run):
     assert "stage II: train_cam" in results["seconds"]
     pool = json.loads((work / "instance_pool" / "pool.json").read_text())
     assert pool["source"] == "gt" and sum(pool["counts"].values()) > 0
+    assert pool["list"] == str(devkit / "train_aug.txt")  # --pool_list defaults to the training list
+    # CDA's schedule: max_step (10 // 4) * 1 = 2 from the full batch, 5 steps of 2 pairs taken
+    log = (work / "run.log").read_text()
+    stage2 = log[log.index("=== stage II: train_cam ==="):]
+    assert "5 steps, poly max_step 2 (--cda_max_step reference)" in stage2
+    assert "the lr stays at its floor" in stage2
     for f in ("report.html", "cda_samples.png", "run.log", "instance_pool/preview.png"):
         assert (work / f).stat().st_size > 0
     assert "pseudo mask" in (work / "report.html").read_text()
@@ -79,3 +85,20 @@ def test_rerun_skips_finished_images(pipeline_run, capsys):
     assert run_sample.main(flags) == 0
     assert "make_cam: 0 of" in capsys.readouterr().out
     assert before == {p: p.stat().st_mtime_ns for p in (work / "result" / "cam").iterdir()}
+
+
+def test_stage_one_masks_the_pool_list_in_the_same_pass(tiny_devkit, tmp_path):
+    args = run_sample.build_parser().parse_args(devkit_flags(tiny_devkit, tmp_path) + ["--pool_source", "sem_seg"])
+    run_sample.resolve_defaults(args)
+    assert args.pool_list == args.train_list
+    assert run_sample.stage_args(args, "stage1").sem_seg_lists == [args.infer_list, args.train_list]
+    assert run_sample.stage_args(args, "stage2").sem_seg_lists == [args.infer_list]
+    for off in (["--stage2", "False"], ["--pool_source", "gt"], ["--no-make_instance_pool_pass"]):
+        args = run_sample.build_parser().parse_args(devkit_flags(tiny_devkit, tmp_path) + ["--pool_source", "sem_seg"]
+                                                    + off)
+        run_sample.resolve_defaults(args)
+        assert run_sample.stage_args(args, "stage1").sem_seg_lists == [args.infer_list]
+    # the union, each image once, in order of first appearance
+    train, infer = (load_img_name_list(str(tiny_devkit / f)) for f in ("train_aug.txt", "train.txt"))
+    assert load_img_name_list([str(tiny_devkit / "train.txt"), str(tiny_devkit / "train_aug.txt")]) == \
+        infer + [n for n in train if n not in infer]

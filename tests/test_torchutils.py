@@ -79,3 +79,32 @@ def test_checkpoint_errors(tmp_path):
     torch.save(src.state_dict(), good)
     torchutils.load_checkpoint(model, str(good))
     torch.testing.assert_close(model.weight, src.weight)
+
+
+def test_cda_reference_schedule_takes_twice_max_step_with_the_lr_at_its_floor():
+    """CDA computes max_step from the full batch and steps in half batches (--cda_max_step reference)."""
+    import types
+    from step.train_cam import cam_max_step
+    args = types.SimpleNamespace(cam_batch_size=16, cam_num_epoches=5, cda_max_step="reference")
+    assert cam_max_step(10582, 10582 // 8, args, cda=True) == 3305  # VOC train_aug: 6,610 steps are taken
+    assert cam_max_step(10582, 10582 // 16, args, cda=False) == 3305  # stage I: the loader's own steps
+    args.cda_max_step = "steps"
+    assert cam_max_step(10582, 10582 // 8, args, cda=True) == 6610
+
+    args = types.SimpleNamespace(cam_batch_size=4, cam_num_epoches=2, cda_max_step="reference")
+    images, steps_per_epoch = 42, 42 // 2
+    max_step = cam_max_step(images, steps_per_epoch, args, cda=True)
+    total = steps_per_epoch * args.cam_num_epoches
+    assert (max_step, total) == (20, 42) and total >= 2 * max_step
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torchutils.PolyOptimizer([{"params": [w], "lr": 0.1}], lr=0.1, weight_decay=1e-4, max_step=max_step)
+    lrs = []
+    for _ in range(total):
+        w.grad = torch.ones(1)
+        opt.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    floor = 0.1 * (1 / max_step) ** 0.9
+    assert lrs[max_step - 1] == pytest.approx(floor, rel=1e-12)
+    assert all(lr == lrs[max_step - 1] for lr in lrs[max_step:])  # unchanged from max_step on
+    assert lrs[max_step - 2] > floor
+    assert [0.1 * opt.lr_mult(s) for s in range(total)] == pytest.approx(lrs, rel=1e-12)
