@@ -202,6 +202,9 @@ def pair_transition(weights, directions, valid=None):
     """
     n_dirs, height, width = weights.shape
     dev = weights.device
+    if n_dirs == 0:  # no pairs (radius <= 1): each pixel keeps its value
+        return (torch.arange(height * width, device=dev).view(1, -1),
+                torch.ones(1, height * width, dtype=weights.dtype, device=dev))
     dirs = torch.as_tensor(np.asarray(directions), device=dev).view(n_dirs, 2)
     dy, dx = dirs[:, 0].view(-1, 1, 1), dirs[:, 1].view(-1, 1, 1)
     ys = torch.arange(height, device=dev).view(-1, 1)
@@ -211,7 +214,7 @@ def pair_transition(weights, directions, valid=None):
         exists = exists & torch.as_tensor(valid, device=dev)
     w_fwd = weights * exists
     # the opposite direction: the pair (p - d, p) seen from p, same weight by symmetry
-    rf = int(dirs.abs().max()) if n_dirs else 0
+    rf = int(dirs.abs().max())
     pad_w = width + 2 * rf
     w_pad = F.pad(w_fwd, (rf, rf, rf, rf))
     rev_idx = ((ys + rf - dy) * pad_w + (xs + rf - dx)).reshape(n_dirs, -1)
@@ -273,6 +276,9 @@ def pair_indices(radius, size):
     but in _search_directions order (PathIndex groups directions by path length).
     """
     height, width = int(size[0]), int(size[1])
+    directions = _search_directions(radius)
+    if not directions:  # radius <= 1: no pairs (PSA slices full[:-0, 0:-0], which is empty)
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.int64)
     rf = int(np.ceil(radius) - 1)
     crop_h, crop_w = height - rf, width - 2 * rf
     if crop_h <= 0 or crop_w <= 0:
@@ -281,14 +287,14 @@ def pair_indices(radius, size):
     full = np.arange(height * width, dtype=np.int64).reshape(height, width)
     src = full[:crop_h, rf:rf + crop_w].reshape(-1)
     dst = np.stack([full[dy:dy + crop_h, rf + dx:rf + dx + crop_w].reshape(-1)
-                    for dy, dx in _search_directions(radius)])
+                    for dy, dx in directions])
     return src, dst
 
 
 def source_mask(size, radius=5, device=None):
     """bool (h, w): the sources of PSA's pairs, rows [0, h - rf) and columns [rf, w - rf)."""
     height, width = int(size[0]), int(size[1])
-    rf = int(np.ceil(radius) - 1)
+    rf = max(int(np.ceil(radius) - 1), 0)
     mask = torch.zeros(height, width, dtype=torch.bool, device=device)
     mask[:max(height - rf, 0), rf:max(width - rf, rf)] = True
     return mask
@@ -300,6 +306,8 @@ def pairs_to_grid(aff, size, radius=5):
     height, width = int(size[0]), int(size[1])
     rf = int(np.ceil(radius) - 1)
     grid = aff.new_zeros(aff.shape[:-1] + (height, width))
+    if aff.shape[-2] == 0:  # no directions (radius <= 1)
+        return grid
     grid[..., :height - rf, rf:width - rf] = aff.reshape(aff.shape[:-1] + (height - rf, width - 2 * rf))
     return grid
 

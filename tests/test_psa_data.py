@@ -254,6 +254,10 @@ def test_random_walk_grid_too_small_for_pairs_is_identity():
     assert torch.allclose(indexing.random_walk(x, aff, logt=3), x)
     with pytest.raises(ValueError, match="expected"):
         indexing.random_walk(x, aff[:10])
+    src, dst = indexing.pair_indices(1, (5, 5))  # radius 1 (SEAM's rule on tiny maps can reach it): no pairs
+    assert src.shape == (0,) and dst.shape == (0, 0)
+    none = indexing.pairs_to_grid(torch.zeros(0, 0, dtype=torch.float64), (4, 20), 1)
+    assert torch.equal(indexing.random_walk(x, none, radius=1, logt=2), x)
 
 
 # ---------------------------------------------------------------- transforms (check 20)
