@@ -146,7 +146,8 @@ def build_parser():
                      help="hard paste, or blend with a 3x3 Gaussian-blurred mask (reference: "
                           "data_aug_rotation_blur)")
     cda.add_argument("--cda_scale_jitter", type=str2bool, nargs="?", const=True, default=False,
-                     help="also scale the object by a factor in [0.8, 1.2] (reference: data_aug, no rotation)")
+                     help="scale the object by a factor in [0.8, 1.2): with --cda_paste reference this is CDA's data_aug, "
+                          "which does not rotate; with trimmed, on top of the rotation")
     cda.add_argument("--cda_num_instances", default=1, type=int,
                      help="instances pasted per image, classes without repetition")
 

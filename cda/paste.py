@@ -145,12 +145,10 @@ def paste_with(img, inst_rgb, inst_mask, angle, row, col, max_size=0.7, factor=N
 def _reference_instance(rgb, mask, angle, bg_hw, max_size, factor):
     if angle is not None:
         rgb, mask = rotate_reference(rgb, mask, angle)
+    # data_aug's factor (< 1.2) on a canvas of at most 0.7 of each side stays within the image; only a
+    # --cda_max_size above 0.83 could push it past, and the clip below then keeps it inside
     size = shrink_size(mask.shape, bg_hw, max_size, factor)
-    if factor is not None:
-        # data_aug's factor can push the object past the image, where the reference crashes in randint;
-        # we clip each side to the image instead (README, Faithfulness)
-        size = (min(size[0], bg_hw[0]), min(size[1], bg_hw[1]))
-    size = (max(1, size[0]), max(1, size[1]))  # a canvas below one pixel crashes PIL in the reference
+    size = (min(max(1, size[0]), bg_hw[0]), min(max(1, size[1]), bg_hw[1]))
     return resize_reference(rgb, size), resize_reference(mask, size)
 
 
