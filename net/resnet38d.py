@@ -114,6 +114,8 @@ class Net(nn.Module):
 
     def __init__(self, backbone_weights="none", from_scratch=False):
         super().__init__()
+        # a missing weights file is reported before 105 M parameters are allocated and initialised
+        weights = resolve_backbone_weights(backbone_weights)
         self.from_scratch = from_scratch
         bn = not from_scratch  # frozen BatchNorm
         self.conv1a = nn.Conv2d(3, 64, 3, padding=1, bias=False)
@@ -146,8 +148,8 @@ class Net(nn.Module):
         # get_parameter_groups); subclasses fill it.
         self.from_scratch_layers = []
 
-        if backbone_weights not in (None, "none"):
-            load_backbone_weights(self, backbone_weights)
+        if weights is not None:
+            load_backbone_weights(self, weights)
         self._freeze()
 
     @property
@@ -400,16 +402,29 @@ def _is_backbone_key(key):
     return not HEAD_KEY.match(key)
 
 
-def load_backbone_weights(model, weights):
-    """Load 'imagenet' or a path (.params or .pth) into the backbone of `model`, strictly: every
-    backbone tensor must be there with its shape; a head of `model` keeps its values."""
+def resolve_backbone_weights(weights):
+    """None for 'none', else the path of the weights file ('imagenet': imagenet_weights_path());
+    UserError if it does not exist."""
+    if weights in (None, "none"):
+        return None
     if weights == "imagenet":
         path = imagenet_weights_path()
         if not os.path.isfile(path):
             raise UserError(f"ResNet-38 ImageNet weights not found: put {IMAGENET_FILE} (ademxapp "
                             f"ilsvrc_model_a1, see PSA's README) into {os.path.dirname(path)}/ "
                             f"or pass --backbone_weights PATH")
-        weights = path
+        return path
+    if not os.path.isfile(weights):
+        raise UserError(f"backbone weights not found: {weights}; check the path")
+    return weights
+
+
+def load_backbone_weights(model, weights):
+    """Load 'imagenet' or a path (.params or .pth) into the backbone of `model`, strictly: every
+    backbone tensor must be there with its shape; a head of `model` keeps its values."""
+    weights = resolve_backbone_weights(weights)
+    if weights is None:
+        return model
     if str(weights).endswith(".params"):
         state, source = convert_mxnet_to_torch(weights, model), f"MXNet weights {weights}"
     else:

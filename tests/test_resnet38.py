@@ -205,7 +205,7 @@ def test_batchnorm_statistics_stay_in_training_mode(aff_net):
     net = aff_net
     stats = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
     dropouts = [m for m in net.modules() if isinstance(m, nn.Dropout2d)]
-    x = torch.randn(2, 3, 24, 24)
+    x = torch.randn(1, 3, 16, 16)
     try:
         net.train()
         for m in dropouts:
@@ -338,8 +338,10 @@ def test_mxnet_conversion_takes_exactly_the_backbone(tmp_path):
 def test_imagenet_weights_missing_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(UserError, match=resnet38d.IMAGENET_FILE) as e:
-        resnet38d.Net(backbone_weights="imagenet")
+        resnet38_cls.Net(backbone_weights="imagenet")
     assert str(tmp_path / "hub" / "checkpoints") in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UserError, match="backbone weights not found"):
+        resnet38_aff.Net(backbone_weights=str(tmp_path / "res38_cls.pth"))
 
 
 def test_backbone_weights_imagenet_and_pth(tmp_path, monkeypatch, cls_net):
