@@ -1,6 +1,7 @@
-"""Run IRNet (stage I) and then Context Decoupling Augmentation (stage II), step by step.
+"""Run a first-round WSSS method (stage I) and then Context Decoupling Augmentation (stage II), step by step.
 
-    python run_sample.py --voc12_root VOCdevkit/VOC2012            # the full method on PASCAL VOC 2012
+    python run_sample.py --voc12_root VOCdevkit/VOC2012            # IRNet + CDA on PASCAL VOC 2012
+    python run_sample.py --method psa --voc12_root ...             # AffinityNet (PSA, ResNet-38) + CDA
     python run_sample.py --demo                                    # the toy devkit, sized for a laptop CPU
     torchrun --nproc_per_node 4 run_sample.py --voc12_root ...     # several GPUs
 
@@ -15,11 +16,10 @@ import time
 
 import torch
 
-from misc import dist, pyutils
+from misc import dist, methods, pyutils
 
-STAGE1_STEPS = ["train_cam", "make_cam", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg",
-                "eval_sem_seg"]
-STEP_MODULES = {"make_sem_seg": "make_sem_seg_labels"}
+STAGE1_STEPS = list(methods.STEPS["irn"])  # IRNet's steps (the default method)
+STEP_MODULES = methods.STEP_MODULES
 
 
 def str2bool(v):
@@ -47,6 +47,9 @@ class ArgumentParser(argparse.ArgumentParser):
 def build_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     env = p.add_argument_group("environment")
+    env.add_argument("--method", default="irn", choices=methods.METHODS,
+                     help="first-round method: irn (IRNet, ResNet-50) or psa (AffinityNet, ResNet-38); sets the "
+                          "step list and the method's reference defaults (explicit flags still win)")
     env.add_argument("--voc12_root", help="VOC 2012 devkit: JPEGImages/, SegmentationClass/, ImageSets/")
     env.add_argument("--work_dir", default="work", help="every output goes under this folder")
     env.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -81,12 +84,20 @@ def build_parser():
                       help="list file to evaluate instead of --chainer_eval_set (e.g. a held-out list)")
 
     cam = p.add_argument_group("class activation map")
-    cam.add_argument("--backbone_weights", default="imagenet", help="imagenet | none | PATH to a ResNet-50 state dict")
+    cam.add_argument("--backbone_weights", default="imagenet",
+                     help="imagenet | none | PATH: a ResNet-50 state dict (irn); a ResNet-38 .params or .pth (psa)")
     cam.add_argument("--from_scratch", type=str2bool, nargs="?", const=True, default=False,
                      help="demo only: train every stage with BatchNorm in training mode")
     cam.add_argument("--cam_crop_size", default=512, type=int, help="random crop of train_cam")
     cam.add_argument("--cam_resize_long", default=(320, 640), type=float, nargs=2, metavar=("MIN", "MAX"),
                      help="random long side range")
+    cam.add_argument("--cam_color_jitter", default=None, type=float, nargs=4,
+                     metavar=("BRIGHTNESS", "CONTRAST", "SATURATION", "HUE"),
+                     help="colour jitter of the classifier's training images (psa: 0.3 0.3 0.3 0.1; irn: none)")
+    cam.add_argument("--cam_val_crop", default="top_left", choices=["top_left", "center", "none"],
+                     help="crop of the validation images (irn: top_left, psa: center)")
+    cam.add_argument("--cam_val_crop_size", default=None, type=int,
+                     help="validation crop size (default: --cam_crop_size; psa: 500)")
     cam.add_argument("--cam_batch_size", default=16, type=int,
                      help="global batch; with CDA half originals, half their copies")
     cam.add_argument("--cam_num_epoches", default=5, type=int)
@@ -118,9 +129,29 @@ def build_parser():
     ir.add_argument("--irn_weight_decay", default=1e-4, type=float)
     ir.add_argument("--irn_momentum", default=None, type=float,
                     help="SGD momentum; unset reproduces the reference (momentum = weight decay)")
-    ir.add_argument("--beta", default=10, type=float, help="affinity exponent of the random walk")
-    ir.add_argument("--exp_times", default=8, type=int, help="the random walk takes 2**exp_times steps")
+    ir.add_argument("--beta", default=10, type=float, help="affinity exponent of the random walk (psa: 8)")
+    ir.add_argument("--exp_times", "--logt", default=8, type=int,
+                    help="the random walk takes 2**exp_times steps (PSA's --logt)")
     ir.add_argument("--sem_seg_bg_thres", default=0.25, type=float, help="background score of the pseudo masks")
+
+    aff = p.add_argument_group("AffinityNet (psa)")
+    aff.add_argument("--resnet38_width", default=1.0, type=float,
+                     help="channels of ResNet-38 times this (1 = the reference network; the toy demo uses a "
+                          "narrower one, trained from scratch)")
+    aff.add_argument("--low_alpha", default=4, type=float, help="la CRF: background (1 - max cam) ** low_alpha")
+    aff.add_argument("--high_alpha", default=32, type=float, help="ha CRF: background (1 - max cam) ** high_alpha")
+    aff.add_argument("--aff_crop_size", default=448, type=int, help="random crop of train_aff (a multiple of 8)")
+    aff.add_argument("--aff_batch_size", default=8, type=int)
+    aff.add_argument("--aff_num_epoches", default=8, type=int)
+    aff.add_argument("--aff_learning_rate", default=0.1, type=float, help="backbone lr; the new layers get 10x")
+    aff.add_argument("--aff_weight_decay", default=5e-4, type=float)
+    aff.add_argument("--aff_momentum", default=None, type=float,
+                     help="SGD momentum; unset reproduces the reference (momentum = weight decay)")
+    aff.add_argument("--aff_radius", default=5, type=int, help="pair radius of AffinityNet (training and walk)")
+    aff.add_argument("--aff_backbone_weights", default=None,
+                     help="backbone of AffinityNet (default: --backbone_weights); 'cam' takes the stage's classifier")
+    aff.add_argument("--alpha", default=16, type=float,
+                     help="infer_aff: background (1 - max cam) ** alpha before the walk")
 
     cda = p.add_argument_group("context decoupling augmentation (stage II)")
     cda.add_argument("--pool_source", default="sem_seg", choices=["sem_seg", "gt"],
@@ -164,14 +195,20 @@ def build_parser():
     out.add_argument("--ir_label_aug_out_dir", default="result/ir_label_aug")
     out.add_argument("--sem_seg_aug_out_dir", default="result/sem_seg_aug")
     out.add_argument("--pool_dir", default="instance_pool")
+    out.add_argument("--la_crf_dir", default="result/crf_la", help="psa: la CRF score maps")
+    out.add_argument("--ha_crf_dir", default="result/crf_ha", help="psa: ha CRF score maps")
+    out.add_argument("--la_crf_aug_dir", default="result/crf_la_aug")
+    out.add_argument("--ha_crf_aug_dir", default="result/crf_ha_aug")
+    out.add_argument("--aff_weights_name", default="sess/res38_aff.pth")
+    out.add_argument("--aff_aug_weights_name", default="sess/res38_aff_aug.pth")
 
     steps = p.add_argument_group("steps (each takes True/False; --no-<step> turns one off)")
-    add_switch(steps, "stage1", "run stage I (IRNet)")
+    add_switch(steps, "stage1", "run stage I (the --method)")
     add_switch(steps, "stage2", "run stage II (CDA)")
-    for s in STAGE1_STEPS:
+    for s in methods.ALL_STEPS:
         add_switch(steps, f"{s}_pass")
     add_switch(steps, "make_instance_pool_pass")
-    for s in STAGE1_STEPS:
+    for s in methods.ALL_STEPS:
         add_switch(steps, f"cda_{s}_pass")
     return p
 
@@ -189,20 +226,31 @@ def check_args(args):
     if args.pool_min_ratio > args.pool_max_ratio:
         raise pyutils.UserError("--pool_min_ratio must not exceed --pool_max_ratio")
     for name in ("cam_batch_size", "cam_num_epoches", "irn_batch_size", "irn_num_epoches", "cam_crop_size",
-                 "irn_crop_size", "cda_num_instances"):
+                 "irn_crop_size", "cda_num_instances", "aff_batch_size", "aff_num_epoches", "aff_crop_size",
+                 "aff_radius"):
         if getattr(args, name) < 1:
             raise pyutils.UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.num_workers < 0 or args.exp_times < 0:
         raise pyutils.UserError("--num_workers and --exp_times must not be negative")
-    if args.stage2 and args.cda_train_cam_pass and (args.cam_batch_size < 2 or args.cam_batch_size % 2):
+    if args.aff_crop_size % 8:
+        raise pyutils.UserError(f"--aff_crop_size must be a multiple of 8 (AffinityNet's stride), got {args.aff_crop_size}")
+    if args.cam_color_jitter is not None and min(args.cam_color_jitter) < 0:
+        raise pyutils.UserError(f"--cam_color_jitter takes four non-negative numbers, got {args.cam_color_jitter}")
+    train_cls = methods.TRAIN_CLASSIFIER[args.method]
+    if args.stage2 and getattr(args, f"cda_{train_cls}_pass") and (args.cam_batch_size < 2 or args.cam_batch_size % 2):
         raise pyutils.UserError(f"CDA pairs each original with its copy: --cam_batch_size must be even and "
                                 f"at least 2, got {args.cam_batch_size}")
     # torchrun: the global batch is split evenly over the processes (a CDA batch is pairs: per pair, not image)
     world = dist.world_size()
-    for name, on, unit in (("cam_batch_size", args.stage1 and args.train_cam_pass, 1),
-                           ("cam_batch_size", args.stage2 and args.cda_train_cam_pass, 2),
-                           ("irn_batch_size", (args.stage1 and args.train_irn_pass)
-                            or (args.stage2 and args.cda_train_irn_pass), 1)):
+    steps = methods.STEPS[args.method]
+
+    def trains(step):
+        return step in steps and ((args.stage1 and getattr(args, f"{step}_pass"))
+                                  or (args.stage2 and getattr(args, f"cda_{step}_pass")))
+    for name, on, unit in (("cam_batch_size", args.stage1 and getattr(args, f"{train_cls}_pass"), 1),
+                           ("cam_batch_size", args.stage2 and getattr(args, f"cda_{train_cls}_pass"), 2),
+                           ("irn_batch_size", trains("train_irn"), 1),
+                           ("aff_batch_size", trains("train_aff"), 1)):
         if on and getattr(args, name) % (unit * world):
             raise pyutils.UserError(f"--{name} {getattr(args, name)} is the global batch of {world} processes"
                                     f"{' in CDA pairs' if unit == 2 else ''}: make it a multiple of {unit * world}")
@@ -210,11 +258,12 @@ def check_args(args):
         raise pyutils.UserError("--cam_scales needs at least one scale and --irn_crop_size a multiple of 4")
     if args.irn_crop_size < 76:  # train_irn pairs pixels up to radius 10 apart on the stride-4 map: 19 columns
         raise pyutils.UserError(f"--irn_crop_size must be at least 76, got {args.irn_crop_size}")
-    for name in ("cam_learning_rate", "irn_learning_rate", "beta", "cam_scales", "cam_resize_long", "irn_rescale"):
+    for name in ("cam_learning_rate", "irn_learning_rate", "beta", "cam_scales", "cam_resize_long", "irn_rescale",
+                 "aff_learning_rate", "low_alpha", "high_alpha", "alpha"):
         v = getattr(args, name)
         if min(v) <= 0 if isinstance(v, (list, tuple)) else v <= 0:
             raise pyutils.UserError(f"--{name} must be positive, got {v}")
-    for name in ("cam_weight_decay", "irn_weight_decay"):
+    for name in ("cam_weight_decay", "irn_weight_decay", "aff_weight_decay"):
         if getattr(args, name) < 0:
             raise pyutils.UserError(f"--{name} must not be negative, got {getattr(args, name)}")
     for name in ("cam_resize_long", "irn_rescale", "cda_rotation"):
@@ -240,6 +289,8 @@ def stage_args(args, stage):
         a.cam_weights_name, a.irn_weights_name = args.cam_aug_weights_name, args.irn_aug_weights_name
         a.cam_out_dir, a.ir_label_out_dir = args.cam_aug_out_dir, args.ir_label_aug_out_dir
         a.sem_seg_out_dir = args.sem_seg_aug_out_dir
+        a.la_crf_dir, a.ha_crf_dir = args.la_crf_aug_dir, args.ha_crf_aug_dir
+        a.aff_weights_name = args.aff_aug_weights_name
         a.pool_mask_dir = args.sem_seg_out_dir
         a.cda = True
     else:
@@ -248,6 +299,10 @@ def stage_args(args, stage):
         a.irn_backbone_weights = args.backbone_weights
     elif args.irn_backbone_weights == "cam":
         a.irn_backbone_weights = a.cam_weights_name
+    if args.aff_backbone_weights in (None, ""):
+        a.aff_backbone_weights = args.backbone_weights
+    elif args.aff_backbone_weights == "cam":
+        a.aff_backbone_weights = a.cam_weights_name
     return a
 
 
@@ -255,6 +310,8 @@ def resolve_defaults(args):
     """Defaults that follow other flags."""
     if args.pool_list in (None, ""):
         args.pool_list = args.train_list
+    if args.cam_val_crop_size is None:
+        args.cam_val_crop_size = args.cam_crop_size
 
 
 def resolve_paths(args):
@@ -262,7 +319,8 @@ def resolve_paths(args):
         return p if os.path.isabs(p) else os.path.join(args.work_dir, p)
     for name in ("log_name", "cam_weights_name", "irn_weights_name", "cam_out_dir", "ir_label_out_dir",
                  "sem_seg_out_dir", "cam_aug_weights_name", "irn_aug_weights_name", "cam_aug_out_dir",
-                 "ir_label_aug_out_dir", "sem_seg_aug_out_dir", "pool_dir"):
+                 "ir_label_aug_out_dir", "sem_seg_aug_out_dir", "pool_dir", "la_crf_dir", "ha_crf_dir",
+                 "la_crf_aug_dir", "ha_crf_aug_dir", "aff_weights_name", "aff_aug_weights_name"):
         setattr(args, name, under(getattr(args, name)))
     args.results_path = os.path.join(args.work_dir, "results.json")
     args.cda_samples_path = os.path.join(args.work_dir, "cda_samples.png")
@@ -276,9 +334,11 @@ def remove_leftovers(args):
         work = os.path.abspath(args.work_dir) + os.sep
         return list(dict.fromkeys(p for p in paths if not os.path.abspath(p).startswith(work)))
     folders = outside(getattr(args, n) for n in ("cam_out_dir", "ir_label_out_dir", "sem_seg_out_dir",
-                                                  "cam_aug_out_dir", "ir_label_aug_out_dir", "sem_seg_aug_out_dir"))
+                                                  "cam_aug_out_dir", "ir_label_aug_out_dir", "sem_seg_aug_out_dir",
+                                                  "la_crf_dir", "ha_crf_dir", "la_crf_aug_dir", "ha_crf_aug_dir"))
     parents = outside(os.path.dirname(os.path.abspath(getattr(args, n))) for n in (
-        "cam_weights_name", "irn_weights_name", "cam_aug_weights_name", "irn_aug_weights_name", "pool_dir"))
+        "cam_weights_name", "irn_weights_name", "cam_aug_weights_name", "irn_aug_weights_name", "pool_dir",
+        "aff_weights_name", "aff_aug_weights_name"))
     n = pyutils.remove_temp_files(args.work_dir, *folders) + pyutils.remove_temp_files(*parents, recursive=False)
     if n:
         pyutils.log(f"removed {n} temporary files left by an interrupted run")
@@ -297,31 +357,34 @@ def run_step(module, args, label):
 
 
 def run_pipeline(args):
+    steps = methods.STEPS[args.method]
     if args.stage1:
         a = stage_args(args, "stage1")
-        for s in STAGE1_STEPS:
+        for s in steps:
             if getattr(args, f"{s}_pass"):
                 run_step(STEP_MODULES.get(s, s), a, f"stage I: {s}")
     if args.stage2:
         a = stage_args(args, "stage2")
         if args.make_instance_pool_pass:
             run_step("make_instance_pool", a, "stage II: make_instance_pool")
-        for s in STAGE1_STEPS:
+        for s in steps:
             if getattr(args, f"cda_{s}_pass"):
                 run_step(STEP_MODULES.get(s, s), a, f"stage II: {s}")
 
 
-def results_table(results):
-    from misc.report import PAPER
+def results_table(results, method="irn"):
     """Stage I and stage II side by side, with the paper's VOC numbers for reference."""
+    paper = methods.PAPER[method]
+
     def cell(stage, metric):
         r = results.get(stage, {}).get(metric)
         return f"{100 * r['miou']:6.1f}" if r else "     -"
-    lines = ["", "                   CAM mIoU   pseudo-mask mIoU   (paper, VOC train: CAM / mask)",
-             f"stage I  (IRNet)    {cell('stage1', 'cam')}          {cell('stage1', 'sem_seg')}"
-             f"             {PAPER['stage1']['cam']} / {PAPER['stage1']['sem_seg']}",
+    lines = ["", f"{methods.TITLES[method]}",
+             "                   CAM mIoU   pseudo-mask mIoU   (paper, VOC train: CAM / mask)",
+             f"stage I             {cell('stage1', 'cam')}          {cell('stage1', 'sem_seg')}"
+             f"             {paper['stage1']['cam']} / {paper['stage1']['sem_seg']}",
              f"stage II (+CDA)     {cell('stage2', 'cam')}          {cell('stage2', 'sem_seg')}"
-             f"             {PAPER['stage2']['cam']} / {PAPER['stage2']['sem_seg']}"]
+             f"             {paper['stage2']['cam']} / {paper['stage2']['sem_seg']}"]
     return "\n".join(lines)
 
 
@@ -329,8 +392,11 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     from misc import demo
+    method = methods.method_from_argv(argv)
+    if method in methods.DEFAULTS:  # an unknown one is reported by the parse below
+        parser.set_defaults(**methods.DEFAULTS[method])
     if "--demo" in argv:
-        parser.set_defaults(**demo.DEFAULTS)
+        parser.set_defaults(**demo.defaults(method))
     try:
         args = parser.parse_args(argv)
         args.device = dist.init_distributed_mode(args.device)
@@ -350,14 +416,15 @@ def main(argv=None):
             remove_leftovers(args)
         dist.barrier()
         if args.demo:
-            pyutils.log(demo.BANNER)
+            pyutils.log(demo.banner(args.method))
         run_pipeline(args)
         if dist.is_main():
             results = pyutils.load_json(args.results_path, default={})
-            pyutils.log(results_table(results))
+            pyutils.log(results_table(results, args.method))
             from misc import report
             path = report.write_report(args, os.path.join(args.work_dir, "report.html"),
-                                       "CDA on IRNet: " + args.voc12_root, note=demo.BANNER if args.demo else "")
+                                       f"CDA on {methods.TITLES[args.method]}: {args.voc12_root}",
+                                       note=demo.banner(args.method) if args.demo else "")
             pyutils.log(f"report: {path}")
         # every rank leaves together: a gloo rank that tears down while another still works (rank 0 writing
         # the report) can abort at exit ("terminate called without an active exception")

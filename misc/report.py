@@ -14,8 +14,7 @@ from PIL import Image
 
 from misc import imutils, metrics, pyutils
 
-PAPER = {"stage1": {"cam": 48.3, "sem_seg": 66.5}, "stage2": {"cam": 50.8, "sem_seg": 67.7}}
-STAGES = (("stage1", "stage I (IRNet)"), ("stage2", "stage II (+CDA)"))
+STAGES = (("stage1", "stage I"), ("stage2", "stage II (+CDA)"))
 
 
 def heatmap(x):
@@ -65,13 +64,15 @@ def pct(r):
     return "-" if r is None else f"{100 * r:.1f}"
 
 
-def results_section(results):
+def results_section(results, method="irn"):
+    from misc.methods import PAPER
+    paper = PAPER[method]
     rows = []
     for stage, label in STAGES:
         s = results.get(stage, {})
         rows.append(f"<tr><td>{label}</td><td>{pct(s.get('cam', {}).get('miou'))}</td>"
                     f"<td>{pct(s.get('sem_seg', {}).get('miou'))}</td>"
-                    f"<td class=paper>{PAPER[stage]['cam']}</td><td class=paper>{PAPER[stage]['sem_seg']}</td></tr>")
+                    f"<td class=paper>{paper[stage]['cam']}</td><td class=paper>{paper[stage]['sem_seg']}</td></tr>")
     return ("<h2>Results (mIoU, %)</h2><table><tr><th></th><th>CAM</th><th>pseudo mask</th>"
             "<th>paper CAM (VOC)</th><th>paper mask (VOC)</th></tr>" + "".join(rows) + "</table>")
 
@@ -127,7 +128,7 @@ def write_report(args, path, title, note="", num_pictures=6):
     eval_list = os.path.join(args.voc12_root, "ImageSets", "Segmentation", args.chainer_eval_set + ".txt")
     names = [n for n in open(eval_list).read().split()][:num_pictures] if os.path.isfile(eval_list) else []
     parts = [f"<h1>{html.escape(title)}</h1>", f"<p class=note>{html.escape(note)}</p>" if note else "",
-             results_section(results), per_class_section(results), timing_section(results),
+             results_section(results, getattr(args, "method", "irn")), per_class_section(results), timing_section(results),
              pictures_section(args, names)]
     for label, p in (("Instance pool (stage I pseudo masks, one row per class)",
                       os.path.join(args.pool_dir, "preview.png")),

@@ -63,12 +63,14 @@ class Net(resnet38d.Net):
 
     NOT_TRAINING = ("conv1a", "b2", "b2_1", "b2_2")  # psa/network/resnet38_aff.py:24
 
-    def __init__(self, backbone_weights="none", from_scratch=False, radius=RADIUS, seam_small_maps=False):
-        super().__init__(backbone_weights, from_scratch)
-        self.f8_3 = nn.Conv2d(512, 64, 1, bias=False)
-        self.f8_4 = nn.Conv2d(1024, 128, 1, bias=False)
-        self.f8_5 = nn.Conv2d(4096, 256, 1, bias=False)
-        self.f9 = nn.Conv2d(448, 448, 1, bias=False)
+    def __init__(self, backbone_weights="none", from_scratch=False, radius=RADIUS, seam_small_maps=False,
+                 width=1.0):
+        super().__init__(backbone_weights, from_scratch, width)
+        c = resnet38d.channels(width)
+        self.f8_3 = nn.Conv2d(c(512), c(64), 1, bias=False)
+        self.f8_4 = nn.Conv2d(c(1024), c(128), 1, bias=False)
+        self.f8_5 = nn.Conv2d(c(4096), c(256), 1, bias=False)
+        self.f9 = nn.Conv2d(c(64) + c(128) + c(256), c(448), 1, bias=False)
         nn.init.kaiming_normal_(self.f8_3.weight)
         nn.init.kaiming_normal_(self.f8_4.weight)
         nn.init.kaiming_normal_(self.f8_5.weight)

@@ -16,10 +16,10 @@ class Net(resnet38d.Net):
     # conv1a and the whole of stage 2 keep their ImageNet weights (psa/network/resnet38_cls.py:17)
     NOT_TRAINING = ("conv1a", "b2", "b2_1", "b2_2")
 
-    def __init__(self, backbone_weights="none", from_scratch=False):
-        super().__init__(backbone_weights, from_scratch)
+    def __init__(self, backbone_weights="none", from_scratch=False, width=1.0):
+        super().__init__(backbone_weights, from_scratch, width)
         self.dropout7 = nn.Dropout2d(0.5)
-        self.fc8 = nn.Conv2d(4096, N_CLASSES, 1, bias=False)
+        self.fc8 = nn.Conv2d(resnet38d.channels(width)(4096), N_CLASSES, 1, bias=False)
         nn.init.xavier_uniform_(self.fc8.weight)
         self.from_scratch_layers = [self.fc8]  # lr x10 (get_parameter_groups)
 

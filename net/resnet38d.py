@@ -37,6 +37,13 @@ def imagenet_weights_path():
     return os.path.join(torch.hub.get_dir(), "checkpoints", IMAGENET_FILE)
 
 
+def channels(width):
+    """Channel counts of a ResNet-38 of `width` times the reference's: 1.0 is the reference network (and
+    its checkpoints); the toy demo uses a narrower one, since the full network costs about 1 s per
+    96x96 image and training step on a 2-core CPU."""
+    return lambda n: n if width == 1.0 else max(4, int(round(n * width)))
+
+
 class ResBlock(nn.Module):
     """Pre-activation block of two 3x3 convs (psa/network/resnet38d.py:7-52).
 
@@ -112,37 +119,42 @@ class Net(nn.Module):
     # Layers whose weights never learn in faithful mode (the reference's `not_training`, :151).
     NOT_TRAINING = ("conv1a",)
 
-    def __init__(self, backbone_weights="none", from_scratch=False):
+    def __init__(self, backbone_weights="none", from_scratch=False, width=1.0):
         super().__init__()
+        c = channels(width)
+        if width != 1.0 and (backbone_weights == "imagenet" or str(backbone_weights).endswith(".params")):
+            raise UserError(f"a ResNet-38 of width {width} (a demo size) cannot take the ImageNet weights "
+                            f"({backbone_weights}): use --backbone_weights none or --resnet38_width 1")
+        self.width = width
         # a missing weights file is reported before 105 M parameters are allocated and initialised
         weights = resolve_backbone_weights(backbone_weights)
         self.from_scratch = from_scratch
         bn = not from_scratch  # frozen BatchNorm
-        self.conv1a = nn.Conv2d(3, 64, 3, padding=1, bias=False)
+        self.conv1a = nn.Conv2d(3, c(64), 3, padding=1, bias=False)
 
-        self.b2 = ResBlock(64, 128, 128, stride=2, frozen_bn=bn)
-        self.b2_1 = ResBlock(128, 128, 128, frozen_bn=bn)
-        self.b2_2 = ResBlock(128, 128, 128, frozen_bn=bn)
+        self.b2 = ResBlock(c(64), c(128), c(128), stride=2, frozen_bn=bn)
+        self.b2_1 = ResBlock(c(128), c(128), c(128), frozen_bn=bn)
+        self.b2_2 = ResBlock(c(128), c(128), c(128), frozen_bn=bn)
 
-        self.b3 = ResBlock(128, 256, 256, stride=2, frozen_bn=bn)
-        self.b3_1 = ResBlock(256, 256, 256, frozen_bn=bn)
-        self.b3_2 = ResBlock(256, 256, 256, frozen_bn=bn)
+        self.b3 = ResBlock(c(128), c(256), c(256), stride=2, frozen_bn=bn)
+        self.b3_1 = ResBlock(c(256), c(256), c(256), frozen_bn=bn)
+        self.b3_2 = ResBlock(c(256), c(256), c(256), frozen_bn=bn)
 
-        self.b4 = ResBlock(256, 512, 512, stride=2, frozen_bn=bn)
-        self.b4_1 = ResBlock(512, 512, 512, frozen_bn=bn)
-        self.b4_2 = ResBlock(512, 512, 512, frozen_bn=bn)
-        self.b4_3 = ResBlock(512, 512, 512, frozen_bn=bn)
-        self.b4_4 = ResBlock(512, 512, 512, frozen_bn=bn)
-        self.b4_5 = ResBlock(512, 512, 512, frozen_bn=bn)
+        self.b4 = ResBlock(c(256), c(512), c(512), stride=2, frozen_bn=bn)
+        self.b4_1 = ResBlock(c(512), c(512), c(512), frozen_bn=bn)
+        self.b4_2 = ResBlock(c(512), c(512), c(512), frozen_bn=bn)
+        self.b4_3 = ResBlock(c(512), c(512), c(512), frozen_bn=bn)
+        self.b4_4 = ResBlock(c(512), c(512), c(512), frozen_bn=bn)
+        self.b4_5 = ResBlock(c(512), c(512), c(512), frozen_bn=bn)
 
         # from here on the resolution stays at stride 8; dilation keeps the receptive field growing
-        self.b5 = ResBlock(512, 512, 1024, stride=1, first_dilation=1, dilation=2, frozen_bn=bn)
-        self.b5_1 = ResBlock(1024, 512, 1024, dilation=2, frozen_bn=bn)
-        self.b5_2 = ResBlock(1024, 512, 1024, dilation=2, frozen_bn=bn)
+        self.b5 = ResBlock(c(512), c(512), c(1024), stride=1, first_dilation=1, dilation=2, frozen_bn=bn)
+        self.b5_1 = ResBlock(c(1024), c(512), c(1024), dilation=2, frozen_bn=bn)
+        self.b5_2 = ResBlock(c(1024), c(512), c(1024), dilation=2, frozen_bn=bn)
 
-        self.b6 = ResBlock_bot(1024, 2048, stride=1, dilation=4, dropout=0.3, frozen_bn=bn)
-        self.b7 = ResBlock_bot(2048, 4096, dilation=4, dropout=0.5, frozen_bn=bn)
-        self.bn7 = FixedBatchNorm(4096, bn)
+        self.b6 = ResBlock_bot(c(1024), c(2048), stride=1, dilation=4, dropout=0.3, frozen_bn=bn)
+        self.b7 = ResBlock_bot(c(2048), c(4096), dilation=4, dropout=0.5, frozen_bn=bn)
+        self.bn7 = FixedBatchNorm(c(4096), bn)
 
         # The heads' layers trained from random init (the reference's attribute, used by
         # get_parameter_groups); subclasses fill it.

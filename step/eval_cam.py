@@ -37,7 +37,7 @@ def run(args):
     conf = metrics.ConfusionMatrix()
     for name in tqdm(eval_ids(args), desc="eval_cam", dynamic_ncols=True):
         gt = gt_mask(args, name)
-        d = load_cam(args.cam_out_dir, name, gt.shape)
+        d = load_cam(args.cam_out_dir, name, gt.shape, strided=False)
         conf.update(gt, cam_to_label(d["high_res"], d["keys"], args.cam_eval_thres), name)
     result = conf.as_dict()
     result["threshold"] = args.cam_eval_thres

@@ -65,20 +65,22 @@ def cam_path(cam_dir, name):
     return os.path.join(cam_dir, name + ".npz")
 
 
-def load_cam(cam_dir, name, size=None, keys=None):
+def load_cam(cam_dir, name, size=None, keys=None, strided=True):
     """Read one CAM file and check it: arrays that fit together, made for an image of `size` (H, W) and,
-    given `keys` (the image's 0-based classes), for those classes. A file that fails is a UserError."""
+    given `keys` (the image's 0-based classes), for those classes. A file that fails is a UserError.
+    strided=False accepts files without the stride-4 `cam` (infer_cls of psa writes `keys` and `high_res`)."""
     path = cam_path(cam_dir, name)
     pyutils.require_file(path, "CAM file", "run the make_cam step first (--make_cam_pass True)")
-    d = pyutils.load_npz(path, keys=("keys", "cam", "high_res"))
-    k, cam, high = d["keys"], d["cam"], d["high_res"]
+    d = pyutils.load_npz(path, keys=("keys", "cam", "high_res") if strided else ("keys", "high_res"))
+    k, high = d["keys"], d["high_res"]
+    cam = d.get("cam", high)  # without a stride-4 map, the checks below see high_res twice
     if not (k.ndim == 1 and k.dtype.kind in "iu" and cam.ndim == 3 and high.ndim == 3
             and cam.shape[0] == high.shape[0] == k.size and ((k >= 0) & (k < resnet50_cam.N_CLASSES)).all()):
         raise pyutils.UserError(f"{path} is not a CAM file of make_cam (keys {k.tolist()[:25]}, cam {cam.shape}, "
                                 f"high_res {high.shape}); delete it and rerun make_cam")
     if size is not None:
         size = (int(size[0]), int(size[1]))
-        h4, w4 = strided_size(size, 4)
+        h4, w4 = strided_size(size, 4) if "cam" in d else size
         if high.shape[1:] != size or cam.shape[1:] != (h4, w4):
             raise pyutils.UserError(f"{path} does not fit {name}, a {size[1]}x{size[0]} image: its high_res is "
                                     f"{high.shape[2]}x{high.shape[1]}, its stride-4 cam {cam.shape[2]}x{cam.shape[1]} "

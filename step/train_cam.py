@@ -68,17 +68,31 @@ def validate(model, loader, device, amp):
     return (total[0] / total[1]).item() if total[1] > 0 else None
 
 
-def run(args):
+def datasets(args, color_jitter=None):
+    """The classifier's training set (random resize, flip, optional colour jitter, random crop) and its
+    validation set (--cam_val_crop: IRNet's top-left crop, PSA's centre crop, or none)."""
+    train_set = VOC12ClassificationDataset(args.train_list, args.voc12_root, args.cls_labels,
+                                           resize_long=tuple(args.cam_resize_long), hor_flip=True,
+                                           crop_size=args.cam_crop_size, crop_method="random", seed=args.seed,
+                                           color_jitter=color_jitter)
+    crop = getattr(args, "cam_val_crop", "top_left")
+    val_set = VOC12ClassificationDataset(args.val_list, args.voc12_root, args.cls_labels,
+                                         crop_size=None if crop == "none" else
+                                         (getattr(args, "cam_val_crop_size", None) or args.cam_crop_size),
+                                         crop_method=None if crop == "none" else crop, seed=args.seed)
+    return train_set, val_set
+
+
+def train_classifier(args, train_set, val_set, build_model, desc, val_drop_last=False):
+    """The classification training shared by IRNet's train_cam and PSA's train_cls: poly SGD, validation
+    loss per epoch, checkpoints; with args.cda the CDA paired set (stage II).
+
+    build_model() -> (model, optimiser param groups), called after seeding torch."""
     device = args.device
     cda = getattr(args, "cda", False)
     if cda and (args.cam_batch_size < 2 or args.cam_batch_size % 2):
         raise pyutils.UserError(f"CDA pairs originals with copies: --cam_batch_size must be even and >= 2, "
                                 f"got {args.cam_batch_size}")
-    train_set = VOC12ClassificationDataset(args.train_list, args.voc12_root, args.cls_labels,
-                                           resize_long=tuple(args.cam_resize_long), hor_flip=True,
-                                           crop_size=args.cam_crop_size, crop_method="random", seed=args.seed)
-    val_set = VOC12ClassificationDataset(args.val_list, args.voc12_root, args.cls_labels,
-                                         crop_size=args.cam_crop_size, crop_method="top_left", seed=args.seed)
     batch = args.cam_batch_size
     if cda:
         from cda.pool import InstancePool
@@ -93,21 +107,19 @@ def run(args):
         raise pyutils.UserError(f"{args.train_list} has {len(train_set)} images, fewer than one batch "
                                 f"({batch}); lower --cam_batch_size")
     loader = training.make_loader(train_set, batch, True, args.seed, args.num_workers, device, drop_last=True)
-    # CDA validates pairs in batches of cam_batch_size / 2 with drop_last; IRNet keeps the last partial batch
-    val_loader = training.make_loader(val_set, batch, False, args.seed, args.num_workers, device, drop_last=cda)
+    # CDA validates pairs in batches of cam_batch_size / 2 with drop_last, as PSA does; IRNet keeps the last
+    # partial batch
+    val_loader = training.make_loader(val_set, batch, False, args.seed, args.num_workers, device,
+                                      drop_last=cda or val_drop_last)
     max_step = cam_max_step(len(train_set), len(loader), args, cda)
 
     torch.manual_seed(args.seed)  # the head's (and a 'none' backbone's) initial weights: same seed, same run
-    model = resnet50_cam.Net(backbone_weights=args.backbone_weights, from_scratch=args.from_scratch)
-    backbone, head = model.trainable_parameters()
-    optimizer = torchutils.PolyOptimizer(
-        [{"params": backbone, "lr": args.cam_learning_rate, "weight_decay": args.cam_weight_decay},
-         {"params": head, "lr": 10 * args.cam_learning_rate, "weight_decay": args.cam_weight_decay}],
-        lr=args.cam_learning_rate, weight_decay=args.cam_weight_decay, max_step=max_step,
-        momentum=args.cam_momentum)
+    model, groups = build_model()
+    optimizer = torchutils.PolyOptimizer(groups, lr=args.cam_learning_rate, weight_decay=args.cam_weight_decay,
+                                         max_step=max_step, momentum=args.cam_momentum)
     model = training.prepare_model(model, device)
     total_steps = len(loader) * args.cam_num_epoches
-    pyutils.log(f"train_cam{' (CDA paired)' if cda else ''}: {len(train_set)} images, batch "
+    pyutils.log(f"{desc}{' (CDA paired)' if cda else ''}: {len(train_set)} images, batch "
                 f"{args.cam_batch_size}, {args.cam_num_epoches} epochs, {total_steps} steps, poly max_step "
                 f"{max_step}{' (--cda_max_step ' + args.cda_max_step + ')' if cda else ''}, device {device}")
     if total_steps > max_step:
@@ -120,13 +132,25 @@ def run(args):
                     f"{sum(mults) / len(mults):.4g} (backbone lr now {optimizer.param_groups[0]['lr']:.4g})")
         loss = validate(model, val_loader, device, args.amp)
         pyutils.log(f"  validation loss {loss:.4f}" if loss is not None else
-                    f"  validation: {args.val_list} holds fewer than one batch of pairs (drop_last), no loss")
+                    f"  validation: {args.val_list} holds fewer than one full batch (drop_last), no loss")
 
     ran = training.fit(model, loader, optimizer, lambda m, b: classification_loss(m, b, device),
                        args.cam_num_epoches, args.cam_weights_name, device, amp=args.amp, resume=args.resume,
-                       desc="train_cam", after_epoch=after_epoch)
+                       desc=desc, after_epoch=after_epoch)
     if not ran and training.weights_current(args.cam_weights_name):
         pyutils.log(f"{args.cam_weights_name}: every epoch was done already, kept as it is")
         return
     training.save_weights(args.cam_weights_name, model)
     pyutils.log(f"saved {args.cam_weights_name}")
+
+
+def run(args):
+    train_set, val_set = datasets(args)
+
+    def build_model():
+        model = resnet50_cam.Net(backbone_weights=args.backbone_weights, from_scratch=args.from_scratch)
+        backbone, head = model.trainable_parameters()
+        return model, [{"params": backbone, "lr": args.cam_learning_rate, "weight_decay": args.cam_weight_decay},
+                       {"params": head, "lr": 10 * args.cam_learning_rate, "weight_decay": args.cam_weight_decay}]
+
+    train_classifier(args, train_set, val_set, build_model, "train_cam")

@@ -1,0 +1,43 @@
+"""The first-round methods of the CDA table: their step lists, flag defaults and paper numbers.
+
+`run_sample.py --method NAME` runs STEPS[NAME] as stage I, then make_instance_pool and the same steps with
+CDA pairs as stage II. DEFAULTS[NAME] is applied to the parser before parsing, so explicit flags still win.
+A step that differs per method is its own module; nothing else in the code asks which method runs.
+"""
+
+STEPS = {
+    "irn": ("train_cam", "make_cam", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg", "eval_sem_seg"),
+    "psa": ("train_cls", "infer_cls", "eval_cam", "cam_to_crf", "train_aff", "infer_aff", "eval_sem_seg"),
+}
+METHODS = tuple(STEPS)
+ALL_STEPS = tuple(dict.fromkeys(s for steps in STEPS.values() for s in steps))
+STEP_MODULES = {"make_sem_seg": "make_sem_seg_labels"}  # driver step name -> step/<module>.py
+TRAIN_CLASSIFIER = {"irn": "train_cam", "psa": "train_cls"}  # the step that trains on CDA pairs in stage II
+TITLES = {"irn": "IRNet, ResNet-50", "psa": "AffinityNet (PSA), ResNet-38"}
+
+# Settings of the reference code (SPEC_RESNET38 5.4, with the reference's file:line there)
+DEFAULTS = {
+    "irn": {},
+    "psa": dict(
+        backbone_weights="imagenet", cam_crop_size=448, cam_resize_long=(256.0, 512.0),
+        cam_color_jitter=(0.3, 0.3, 0.3, 0.1), cam_batch_size=16, cam_num_epoches=15, cam_learning_rate=0.1,
+        cam_weight_decay=5e-4, cam_val_crop="center", cam_val_crop_size=500, cam_scales=(1.0, 0.5, 1.5, 2.0),
+        cam_eval_thres=0.2, low_alpha=4, high_alpha=32, alpha=16, beta=8, exp_times=8,
+        cam_weights_name="sess/res38_cls.pth", cam_aug_weights_name="sess/res38_cls_aug.pth"),
+}
+
+# VOC 2012 train mIoU % (CDA README; PSA's 59.7 is the CDA paper's baseline, SPEC_RESNET38 0.3)
+PAPER = {
+    "irn": {"stage1": {"cam": 48.3, "sem_seg": 66.5}, "stage2": {"cam": 50.8, "sem_seg": 67.7}},
+    "psa": {"stage1": {"cam": 48.0, "sem_seg": 59.7}, "stage2": {"cam": 48.9, "sem_seg": 63.3}},
+}
+
+
+def method_from_argv(argv, default="irn"):
+    """The value of --method in argv (before the full parse, to pick the defaults)."""
+    for i, a in enumerate(argv):
+        if a == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--method="):
+            return a.split("=", 1)[1]
+    return default
