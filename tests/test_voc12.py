@@ -270,3 +270,15 @@ def test_affinity_dataset(tiny_devkit):
     total = bg + fg + neg
     assert set(np.unique(total)) <= {0.0, 1.0}  # each pair in at most one group
     assert bg.sum() > 0 and neg.sum() > 0
+
+
+def test_image_lists_in_psa_format_and_unions(tmp_path):
+    """PSA's lists name file paths; ours take the ids. A list of lists is their union, each id once."""
+    from voc12.dataloader import load_img_name_list
+    psa = tmp_path / "psa.txt"
+    psa.write_text("/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png\n"
+                   "/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png\n")
+    ours = tmp_path / "ours.txt"
+    ours.write_text("2007_000039\n2008_000002 extra column\n\n")
+    assert load_img_name_list(str(psa)) == ["2007_000032", "2007_000039"]
+    assert load_img_name_list([str(ours), str(psa)]) == ["2007_000039", "2008_000002", "2007_000032"]

@@ -25,7 +25,8 @@ def load_img_name_list(path):
         return list(dict.fromkeys(n for p in path for n in load_img_name_list(p)))
     require_file(path, "image list", "pass a text file with one image id per line")
     with open(path) as f:
-        names = [line.split()[0] for line in f if line.strip()]
+        # PSA's lists name paths (/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png): their id is the file stem
+        names = [os.path.splitext(os.path.basename(line.split()[0]))[0] for line in f if line.strip()]
     if not names:
         raise UserError(f"image list is empty: {path}; it needs one image id per line")
     return names
