@@ -106,6 +106,8 @@ def build_parser():
     cam.add_argument("--cam_momentum", default=None, type=float,
                      help="SGD momentum; unset reproduces the reference (momentum = weight decay)")
     cam.add_argument("--cam_eval_thres", default=0.15, type=float, help="background score of eval_cam")
+    cam.add_argument("--cam_eval_curve", type=str2bool, nargs="?", const=True, default=False,
+                     help="eval_cam also sweeps the threshold over 0.00..0.59 (SEAM's --curve) and reports the best")
     cam.add_argument("--cam_scales", default=(1.0, 0.5, 1.5, 2.0), type=float, nargs="+",
                      help="make_cam scales (each with its flip)")
     cam.add_argument("--cam_infer_batch", default=None, type=int,

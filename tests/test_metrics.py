@@ -41,3 +41,22 @@ def test_background_threshold_argmax():
     assert bg_argmax(cams, 0.15).tolist() == [[2, 1], [2, 0]]
     # keys 4 and 11 (0-based) become VOC labels 5 and 12, background 0
     assert cam_to_label(cams, np.array([4, 11]), 0.15).tolist() == [[12, 5], [12, 0]]
+
+
+def test_cam_threshold_sweep_equals_one_evaluation_per_threshold():
+    """eval_cam's one-pass sweep (SEAM's --curve) against cam_to_label + ConfusionMatrix at each threshold,
+    with negative scores (SEAM's normalisation), ties with a threshold, and ignored pixels."""
+    import numpy as np
+    from misc.metrics import ConfusionMatrix
+    from step.eval_cam import CURVE, cam_to_label, curve_confusions
+    rng = np.random.default_rng(0)
+    for keys in (np.array([3, 11]), np.array([0]), np.array([], np.int64)):
+        cam = rng.uniform(-0.3, 0.8, (len(keys), 30, 40)).astype(np.float32)
+        if len(keys):
+            cam[0, :2] = np.float32(0.25)  # exactly a threshold: the background wins the tie
+        gt = rng.choice([0, 4, 12, 1, 255], size=(30, 40)).astype(np.uint8)
+        got = curve_confusions(cam, keys, gt, CURVE)
+        for i, t in enumerate(CURVE):
+            c = ConfusionMatrix()
+            c.update(gt, cam_to_label(cam, keys, t))
+            assert np.array_equal(got[i], c.mat), (keys, t)
