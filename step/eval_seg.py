@@ -1,0 +1,167 @@
+"""Step 9: the segmentation network's predictions on `val` (scored: mIoU and per-class IoU into results.json
+as results[stage]['seg']) and on `test` (written in the evaluation server's layout, and a tar of it).
+
+Inference as deeplab-pytorch's (main.py test and crf, libs/models/msc.py, libs/utils/crf.py, configs/voc12.yaml):
+the whole image at scales 1, 0.5 and 0.75, logits fused by pixel-wise max at the scale-1 logit size,
+upsampled bilinearly to the image, softmax, then a dense CRF of 10 iterations with a Gaussian kernel
+(sxy 1, weight 3) and a bilateral one (sxy 67, srgb 3, weight 4), argmax. deeplab-pytorch does not mirror
+the image; --seg_infer_flip True adds the mirror to the max.
+
+Reads from args: seg_arch, seg_backbone_depth, seg_weights_name, seg_val_list, seg_test_list, seg_infer_scales,
+seg_infer_flip, seg_crf, seg_out_dir, seg_test_out_dir (defaults in step.train_seg.add_arguments);
+voc12_root, device, amp, num_workers, force, results_path, stage.
+Writes <seg_out_dir>/<id>.png, <seg_test_out_dir>/results/VOC2012/Segmentation/comp6_test_cls/<id>.png and
+<seg_test_out_dir>/results.tar (palette PNGs; per-image outputs are skipped when newer than the weights).
+"""
+import collections
+import multiprocessing
+import os
+import tarfile
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from misc import dist, imutils, metrics, pyutils, torchutils, training
+from net import deeplab
+from step.eval_cam import gt_mask
+from voc12.dataloader import get_img_path, load_img_name_list
+
+# deeplab-pytorch configs/voc12.yaml, CRF section
+CRF = dict(iter_max=10, pos_w=3, pos_xy_std=1, bi_w=4, bi_xy_std=67, bi_rgb_std=3)
+SUBMISSION = os.path.join("results", "VOC2012", "Segmentation", "comp6_test_cls")
+
+
+def dense_crf(img, probs, iter_max=10, pos_w=3, pos_xy_std=1, bi_w=4, bi_xy_std=67, bi_rgb_std=3):
+    """Mean-field dense CRF on softmax probabilities (C, H, W) of an RGB uint8 image; returns Q (C, H, W)."""
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    c, h, w = probs.shape
+    d = dcrf.DenseCRF2D(w, h, c)
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    d.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
+    d.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.ascontiguousarray(img, dtype=np.uint8),
+                           compat=bi_w)
+    return np.asarray(d.inference(iter_max), np.float32).reshape(c, h, w)
+
+
+def finish(img, probs, out_path, crf):
+    """CRF (optional), argmax, palette PNG. Runs in a pool process when there are several."""
+    if crf:
+        probs = dense_crf(img, probs, **CRF)
+    imutils.save_label_png(out_path, np.argmax(probs, axis=0).astype(np.uint8))
+    return out_path
+
+
+def load_model(args):
+    model = deeplab.build(args.seg_arch, args.seg_backbone_depth, "none")
+    torchutils.load_checkpoint(model, args.seg_weights_name, what="segmentation weights",
+                               written_by="step train_seg")
+    model = model.to(args.device).eval()
+    if str(args.device).startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def probabilities(model, img, args):
+    """Softmax of the fused logits of one RGB uint8 image: float32 (21, H, W)."""
+    x = torch.from_numpy(imutils.HWC_to_CHW(imutils.Normalize()(img)))[None]
+    with training.autocast(args.device, args.amp):
+        logits = model.infer(training.to_device(x, args.device), tuple(args.seg_infer_scales), args.seg_infer_flip)
+    return torch.softmax(logits[0].float(), dim=0).cpu().numpy()
+
+
+def predict(model, names, out_dir, args, desc):
+    """Palette PNGs of `names` (this process's share) into out_dir; images with a fresh PNG are skipped."""
+    os.makedirs(out_dir, exist_ok=True)
+
+    def out(n):
+        return os.path.join(out_dir, n + ".png")
+
+    todo = [n for n in dist.shard(names) if args.force or not pyutils.is_fresh(out(n), args.seg_weights_name)]
+    pyutils.log(f"{desc}: {len(todo)} of {len(names)} images to do -> {out_dir}")
+    pool = None
+    if args.seg_crf and args.num_workers > 1 and len(todo) > 1:
+        # the CRF is single-threaded and takes about as long as a forward on a GPU: a pool keeps up with it
+        pool = multiprocessing.get_context("spawn").Pool(args.num_workers)
+    pending = collections.deque()
+    try:
+        with torch.inference_mode():
+            for n in tqdm(todo, desc=desc, disable=not dist.is_main(), dynamic_ncols=True):
+                img = imutils.read_image(get_img_path(n, args.voc12_root))
+                job = (img, probabilities(model, img, args), out(n), args.seg_crf)
+                if pool is None:
+                    finish(*job)
+                    continue
+                pending.append(pool.apply_async(finish, job))
+                while len(pending) > 2 * args.num_workers:  # bounded: each job holds 21 float maps
+                    pending.popleft().get()
+            while pending:
+                pending.popleft().get()
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    dist.barrier()
+
+
+@dist.main_only
+def score(args, names):
+    conf = metrics.ConfusionMatrix()
+    for n in tqdm(names, desc="eval_seg score", dynamic_ncols=True):
+        pred = imutils.read_label_png(os.path.join(args.seg_out_dir, n + ".png"), num_classes=metrics.N_CLASSES)
+        conf.update(gt_mask(args, n), pred, n)
+    result = conf.as_dict()
+    result.update(list=args.seg_val_list, arch=args.seg_arch, scales=list(args.seg_infer_scales),
+                  flip=bool(args.seg_infer_flip), crf=bool(args.seg_crf))
+    pyutils.log(metrics.format_iou_table(result, f"segmentation IoU ({args.stage}, {args.seg_arch}, "
+                                                 f"{args.seg_val_list}, crf {args.seg_crf})"))
+    metrics.record(args.results_path, args.stage, "seg", result)
+    return result
+
+
+def test_ids(args):
+    """Ids of --seg_test_list, or [] (with a log line) when it is '' or none of its images is in the devkit
+    (VOC 2012's test images are a separate download; the toy devkit has none)."""
+    path = getattr(args, "seg_test_list", None)
+    if not path:
+        pyutils.log("eval_seg: --seg_test_list is empty, no test-set predictions")
+        return []
+    names = load_img_name_list(path)
+    missing = [n for n in names if not os.path.isfile(get_img_path(n, args.voc12_root))]
+    if len(missing) == len(names):
+        pyutils.log(f"eval_seg: none of the {len(names)} images of {path} is in {args.voc12_root}/JPEGImages "
+                    "(VOC 2012 test images are a separate download), no test-set predictions")
+        return []
+    if missing:
+        raise pyutils.UserError(f"{len(missing)} of the {len(names)} images of {path} are missing, e.g. "
+                                f"{get_img_path(missing[0], args.voc12_root)}; add them or drop their ids")
+    return names
+
+
+@dist.main_only
+def write_tar(root, names):
+    """<root>/results.tar holding results/VOC2012/Segmentation/comp6_test_cls/<id>.png, what the server takes."""
+    path = os.path.join(root, "results.tar")
+    with pyutils.atomic_path(path) as tmp:
+        with tarfile.open(tmp, "w") as tar:
+            for n in names:
+                arc = os.path.join(SUBMISSION, n + ".png")
+                tar.add(os.path.join(root, arc), arcname=arc)
+    pyutils.log(f"wrote {path} ({len(names)} test predictions)")
+    return path
+
+
+def run(args):
+    model = load_model(args)
+    val = load_img_name_list(args.seg_val_list)
+    pyutils.log(f"eval_seg: scales {list(args.seg_infer_scales)}, flip {args.seg_infer_flip}, "
+                f"CRF {args.seg_crf}")
+    predict(model, val, args.seg_out_dir, args, "eval_seg val")
+    result = score(args, val)
+    names = test_ids(args)
+    if names:
+        predict(model, names, os.path.join(args.seg_test_out_dir, SUBMISSION), args, "eval_seg test")
+        write_tar(args.seg_test_out_dir, names)
+    return result

@@ -1,0 +1,196 @@
+"""Step 8: train the segmentation network (DeepLab) on the pseudo masks, as kazuto1011/deeplab-pytorch
+trains DeepLab-v2 on PASCAL VOC (configs/voc12.yaml, main.py train, libs/datasets/base.py):
+
+- poly learning rate 2.5e-4 * (1 - it / 20000) ** 0.9, recomputed every 10 iterations; the head gets 10x
+  (weights) and 20x (biases, without weight decay); SGD momentum 0.9, weight decay 5e-4;
+- 20,000 iterations of 10 images (5 per forward, gradients of 2 accumulated: the same step);
+- crops of 321 after a rescale by a factor drawn from (0.5, 0.75, 1.0, 1.25, 1.5), random mirror;
+- multi-scale loss (MSC): cross entropy (255 ignored) on the logits of the crop, of its 0.5x and 0.75x
+  copies and of their pixel-wise max, each against the mask resized (nearest) to its size;
+- BatchNorm frozen (statistics and affine parameters).
+One difference: the backbone starts from torchvision's ImageNet ResNet-101 (deeplab-pytorch starts from the
+DeepLab authors' COCO-trained caffemodel), so images are normalised with ImageNet's mean and std.
+
+Reads from args (defaults in add_arguments; run_sample.py adds the environment ones):
+  seg_arch, seg_backbone_depth, seg_backbone_weights, seg_label_dir (None: sem_seg_out_dir), seg_train_list,
+  seg_crop_size, seg_rescale, seg_msc_scales, seg_batch_size, seg_num_iters, seg_learning_rate, seg_momentum,
+  seg_weight_decay, seg_checkpoint_every, seg_weights_name;
+  voc12_root, sem_seg_out_dir, from_scratch (False), device, amp, seed, num_workers, resume.
+Writes seg_weights_name (a state dict) and seg_weights_name + '.ckpt' (resume point every
+seg_checkpoint_every iterations).
+"""
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from misc import dist, pyutils, torchutils, training
+from net import deeplab
+from voc12.seg_dataset import PseudoMaskStream, StreamSampler
+
+IGNORE = 255
+LR_DECAY_EVERY = 10  # deeplab-pytorch SOLVER.LR_DECAY: the poly rate is updated every 10 iterations
+POLY_POWER = 0.9  # SOLVER.POLY_POWER
+
+
+def _bool(v):
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("true", "1", "yes"):
+        return True
+    if v.lower() in ("false", "0", "no"):
+        return False
+    import argparse
+    raise argparse.ArgumentTypeError(f"expected True or False, got {v!r}")
+
+
+def add_arguments(group):
+    """Every flag of train_seg and eval_seg, with deeplab-pytorch's VOC settings as defaults."""
+    g = group
+    g.add_argument("--seg_arch", default="deeplabv2", choices=deeplab.ARCHS,
+                   help="segmentation network: DeepLab-v2 (ASPP 6/12/18/24, stride 8) or DeepLab-v3+")
+    g.add_argument("--seg_backbone_depth", default=101, type=int, choices=sorted(deeplab.DEPTHS),
+                   help="ResNet depth of the segmentation backbone (50 only for the demo)")
+    g.add_argument("--seg_backbone_weights", default="imagenet",
+                   help="imagenet | none | PATH to a ResNet state dict of that depth")
+    g.add_argument("--seg_label_dir", default=None,
+                   help="pseudo masks to train on (default: the stage's --sem_seg_out_dir)")
+    g.add_argument("--seg_train_list", default="voc12/train_aug.txt", help="images that train the network")
+    g.add_argument("--seg_val_list", default="voc12/val.txt", help="images predicted and scored by eval_seg")
+    g.add_argument("--seg_test_list", default="voc12/test.txt",
+                   help="images predicted for the evaluation server ('' or absent images: skipped)")
+    g.add_argument("--seg_crop_size", default=321, type=int, help="random crop of train_seg")
+    g.add_argument("--seg_rescale", default=(0.5, 0.75, 1.0, 1.25, 1.5), type=float, nargs="+",
+                   help="train_seg rescales each image by one of these factors")
+    g.add_argument("--seg_msc_scales", default=(0.5, 0.75), type=float, nargs="*",
+                   help="extra input scales of the multi-scale loss; none: one scale")
+    g.add_argument("--seg_batch_size", default=10, type=int, help="global batch (deeplab-pytorch: 5 x 2 accumulated)")
+    g.add_argument("--seg_num_iters", default=20000, type=int, help="training iterations")
+    g.add_argument("--seg_learning_rate", default=2.5e-4, type=float,
+                   help="backbone lr; head weights 10x, head biases 20x")
+    g.add_argument("--seg_momentum", default=0.9, type=float)
+    g.add_argument("--seg_weight_decay", default=5e-4, type=float, help="(none on the head's biases)")
+    g.add_argument("--seg_checkpoint_every", default=1000, type=int,
+                   help="iterations between resume checkpoints (and log lines)")
+    g.add_argument("--seg_infer_scales", default=(1.0, 0.5, 0.75), type=float, nargs="+",
+                   help="eval_seg input scales, fused by pixel-wise max")
+    g.add_argument("--seg_infer_flip", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="eval_seg also fuses the mirrored image")
+    g.add_argument("--seg_crf", type=_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                   help="dense CRF on eval_seg's probabilities")
+    g.add_argument("--seg_weights_name", default="sess/deeplab.pth")
+    g.add_argument("--seg_out_dir", default="result/seg", help="eval_seg's val predictions (palette PNGs)")
+    g.add_argument("--seg_test_out_dir", default="seg_test",
+                   help="holds results/VOC2012/Segmentation/comp6_test_cls/ and results.tar")
+    return g
+
+
+def check_arguments(args):
+    """Nonsense seg flags: one line, before anything runs (for run_sample.check_args)."""
+    for name in ("seg_crop_size", "seg_batch_size", "seg_num_iters", "seg_checkpoint_every"):
+        if getattr(args, name) < 1:
+            raise pyutils.UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("seg_rescale", "seg_infer_scales", "seg_msc_scales"):
+        v = list(getattr(args, name))
+        if (not v and name != "seg_msc_scales") or any(s <= 0 for s in v):
+            raise pyutils.UserError(f"--{name} needs positive scales, got {v}")
+    if args.seg_learning_rate <= 0 or args.seg_weight_decay < 0 or not 0 <= args.seg_momentum < 1:
+        raise pyutils.UserError("--seg_learning_rate must be positive, --seg_weight_decay not negative and "
+                                "--seg_momentum within [0, 1)")
+    if args.seg_batch_size % dist.world_size():
+        raise pyutils.UserError(f"--seg_batch_size {args.seg_batch_size} is the global batch of "
+                                f"{dist.world_size()} processes: make it a multiple of {dist.world_size()}")
+
+
+class SegPolyOptimizer(torchutils.PolyOptimizer):
+    """Poly decay updated every LR_DECAY_EVERY iterations (deeplab-pytorch's PolynomialLR)."""
+
+    def poly_lr_mult(self, step):
+        return super().poly_lr_mult(step - step % LR_DECAY_EVERY)
+
+
+def resize_labels(label, size):
+    """Masks (N, H, W) to a logit size, nearest neighbour with pixel-centre sampling (PIL's NEAREST, which
+    deeplab-pytorch uses: it names other nearest modes misaligned)."""
+    if tuple(label.shape[-2:]) == tuple(size):
+        return label
+    return F.interpolate(label[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].long()
+
+
+def segmentation_loss(outputs, label):
+    """Sum over the outputs of the cross entropy averaged over the labelled pixels of the *global* batch:
+    the counts are summed over processes, so a step on several processes moves the weights as one does."""
+    labels = [resize_labels(label, o.shape[-2:]) for o in outputs]
+    counts = torch.stack([(lab != IGNORE).sum() for lab in labels]).double()
+    counts = dist.all_reduce_sum(counts) / dist.world_size()
+    total = 0
+    for o, lab, n in zip(outputs, labels, counts.tolist()):
+        total = total + F.cross_entropy(o.float(), lab, ignore_index=IGNORE, reduction="sum") / max(n, 1.0)
+    return total
+
+
+def label_dir(args):
+    return getattr(args, "seg_label_dir", None) or args.sem_seg_out_dir
+
+
+def check_resume_point(args, segment_steps, total):
+    """The checkpoint's epochs count segments of seg_checkpoint_every iterations: another segment length would
+    resume at the wrong iteration."""
+    ckpt = training.checkpoint_path(args.seg_weights_name)
+    if not (args.resume and os.path.isfile(ckpt)):
+        return
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        epoch, step = int(state["epoch"]), int(state["global_step"])
+    except Exception as e:
+        raise pyutils.UserError(f"cannot read the training checkpoint {ckpt} ({e.__class__.__name__}); "
+                                "delete it to start over")
+    if step != min(epoch * segment_steps, total):
+        raise pyutils.UserError(f"training checkpoint {ckpt} is at iteration {step} after {epoch} segments: it was "
+                                f"written with another --seg_checkpoint_every than {segment_steps}; rerun with "
+                                "that value or delete it to start over")
+
+
+def run(args):
+    device = args.device
+    from_scratch = getattr(args, "from_scratch", False)
+    dataset = PseudoMaskStream(args.seg_train_list, args.voc12_root, label_dir(args), crop_size=args.seg_crop_size,
+                               scales=tuple(args.seg_rescale), flip=True, seed=args.seed)
+    total, every = args.seg_num_iters, args.seg_checkpoint_every
+    segments = math.ceil(total / every)
+    sampler = StreamSampler(args.seg_batch_size, every, total, dist.world_size(), dist.rank())
+    cuda = str(device).startswith("cuda")
+    loader = DataLoader(dataset, batch_size=sampler.per, sampler=sampler, num_workers=args.num_workers,
+                        pin_memory=cuda, persistent_workers=cuda and args.num_workers > 0)
+
+    torch.manual_seed(args.seed)  # the head's (and a 'none' backbone's) initial weights
+    net = deeplab.build(args.seg_arch, args.seg_backbone_depth, args.seg_backbone_weights, from_scratch)
+    backbone, head_w, head_b = net.param_groups()
+    lr, wd = args.seg_learning_rate, args.seg_weight_decay
+    groups = [{"params": backbone, "lr": lr, "weight_decay": wd},
+              {"params": head_w, "lr": 10 * lr, "weight_decay": wd},
+              {"params": head_b, "lr": 20 * lr, "weight_decay": 0.0}]
+    optimizer = SegPolyOptimizer([g for g in groups if g["params"]], lr=lr, weight_decay=wd, max_step=total,
+                                 momentum=args.seg_momentum, power=POLY_POWER)
+    model = training.prepare_model(deeplab.MultiScaleTrainer(net, tuple(args.seg_msc_scales)), device)
+    check_resume_point(args, every, total)
+    pyutils.log(f"train_seg: {args.seg_arch} ResNet-{args.seg_backbone_depth} "
+                f"({'from scratch' if from_scratch else f'backbone {args.seg_backbone_weights}'}), "
+                f"{len(dataset)} images with pseudo masks of {label_dir(args)}, batch {args.seg_batch_size}, "
+                f"{total} iterations (~{total * args.seg_batch_size / len(dataset):.1f} passes) in {segments} "
+                f"segments of {every}, device {device}")
+
+    def loss_fn(m, batch):
+        img = training.to_device(batch["img"], device)
+        loss = segmentation_loss(m(img), batch["label"].to(device, non_blocking=True))
+        return loss, {"loss": loss.item()}
+
+    ran = training.fit(model, loader, optimizer, loss_fn, segments, args.seg_weights_name, device, amp=args.amp,
+                       resume=args.resume, desc="train_seg")
+    if not ran and training.weights_current(args.seg_weights_name):
+        pyutils.log(f"{args.seg_weights_name}: every iteration was done already, kept as it is")
+        return
+    training.save_weights(args.seg_weights_name, training.unwrap(model).base)
+    pyutils.log(f"saved {args.seg_weights_name}")

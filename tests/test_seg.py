@@ -1,0 +1,269 @@
+"""The segmentation step: DeepLab shapes, the ASPP, fused inference, train_seg and eval_seg on the tiny devkit."""
+import argparse
+import json
+import os
+import tarfile
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from misc import pyutils
+from misc.imutils import read_image
+from misc.pyutils import UserError
+from net import deeplab
+from step import eval_seg, train_seg
+from voc12.seg_dataset import PseudoMaskStream, StreamSampler
+
+
+def seg_args(devkit, work, *flags, **attrs):
+    """Namespace as run_sample.py would hand it: the seg flags from train_seg.add_arguments, the rest set here."""
+    p = argparse.ArgumentParser()
+    train_seg.add_arguments(p.add_argument_group("segmentation"))
+    d = str(devkit)
+    # the demo's network (DeepLab-v3+ on a ResNet-50 from scratch: v2's BatchNorm-free head does not learn from
+    # random features), small; the multi-scale loss on
+    a = p.parse_args(["--seg_arch", "deeplabv3plus", "--seg_backbone_weights", "none", "--seg_backbone_depth", "50",
+                      "--seg_crop_size", "32", "--seg_batch_size", "4", "--seg_num_iters", "6",
+                      "--seg_checkpoint_every", "3",
+                      "--seg_learning_rate", "0.01", "--seg_infer_scales", "1.0", "0.5", "--seg_infer_flip", "True",
+                      "--seg_train_list", f"{d}/train_aug.txt", "--seg_val_list", f"{d}/val.txt",
+                      "--seg_label_dir", f"{d}/SegmentationClass", "--seg_test_list", "", *flags])
+    env = dict(voc12_root=d, device="cpu", amp=False, seed=0, num_workers=0, resume=False, force=False,
+               from_scratch=True, sem_seg_out_dir=str(work / "sem_seg"), results_path=str(work / "results.json"),
+               stage="stage1")
+    env.update(attrs)
+    for k, v in env.items():
+        setattr(a, k, v)
+    for name in ("seg_weights_name", "seg_out_dir", "seg_test_out_dir"):
+        setattr(a, name, str(work / getattr(a, name)))
+    return a
+
+
+# ---------------------------------------------------------------- network
+
+def test_defaults_are_deeplab_pytorch_voc12():
+    p = argparse.ArgumentParser()
+    train_seg.add_arguments(p)
+    a = p.parse_args([])
+    assert (a.seg_arch, a.seg_backbone_depth, a.seg_crop_size, a.seg_batch_size, a.seg_num_iters) == \
+        ("deeplabv2", 101, 321, 10, 20000)
+    assert (a.seg_learning_rate, a.seg_momentum, a.seg_weight_decay) == (2.5e-4, 0.9, 5e-4)
+    assert tuple(a.seg_rescale) == (0.5, 0.75, 1.0, 1.25, 1.5) and tuple(a.seg_msc_scales) == (0.5, 0.75)
+    assert tuple(a.seg_infer_scales) == (1.0, 0.5, 0.75) and a.seg_crf is True
+    assert eval_seg.CRF == dict(iter_max=10, pos_w=3, pos_xy_std=1, bi_w=4, bi_xy_std=67, bi_rgb_std=3)
+
+
+@pytest.mark.parametrize("arch,depth", [("deeplabv2", 101), ("deeplabv2", 50), ("deeplabv3plus", 50)])
+def test_output_stride_and_upsampled_logits(arch, depth):
+    torch.manual_seed(0)
+    model = deeplab.build(arch, depth, "none").eval()
+    stride = 8 if arch == "deeplabv2" else 4
+    for h, w in ((41, 26), (40, 24))[:1 if depth == 101 else 2]:
+        with torch.no_grad():
+            out = model(torch.randn(2, 3, h, w))
+        assert out.shape == (2, 21, -(-h // stride), -(-w // stride)) and model.logit_size(h, w) == out.shape[-2:]
+        assert model.infer(torch.randn(1, 3, h, w), scales=(1.0, 0.5)).shape == (1, 21, h, w)
+    if arch == "deeplabv2":  # DeepLab-v2's dilations: 2 in every block of layer3, 4 in layer4, stride 8
+        assert {b.conv2.dilation for b in model.backbone.layer3} == {(2, 2)}
+        assert {b.conv2.dilation for b in model.backbone.layer4} == {(4, 4)}
+        assert [c.dilation for c in model.head.branches] == [(6, 6), (12, 12), (18, 18), (24, 24)]
+    # frozen BatchNorm (the faithful mode): nothing of it is trained
+    assert not any(p.requires_grad for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)
+                   for p in m.parameters())
+
+
+def test_aspp_sums_four_branches():
+    torch.manual_seed(0)
+    aspp = deeplab.ASPPSum(8, 5)
+    assert len(aspp.branches) == 4 and all(float(c.bias.detach().abs().max()) == 0 for c in aspp.branches)
+    for c in aspp.branches:
+        torch.nn.init.normal_(c.bias)
+    x = torch.randn(2, 8, 30, 30)
+    parts = [F.conv2d(x, c.weight, c.bias, padding=r, dilation=r) for c, r in zip(aspp.branches, (6, 12, 18, 24))]
+    torch.testing.assert_close(aspp(x), sum(parts))
+    assert aspp(x).shape == (2, 5, 30, 30)
+
+
+def test_fused_inference_equals_the_loop():
+    torch.manual_seed(0)
+    model = deeplab.build("deeplabv2", 50, "none").eval()
+    for m in model.modules():  # non-trivial statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    img = torch.randn(1, 3, 37, 29)
+    scales = (1.0, 0.5, 0.75)
+    with torch.no_grad():
+        base = model(img).shape[-2:]
+        maps = []
+        for s in scales:
+            x = img if s == 1 else F.interpolate(img, scale_factor=s, mode="bilinear", align_corners=False)
+            for flip in (False, True):
+                out = model(x.flip(-1) if flip else x)
+                out = out.flip(-1) if flip else out
+                maps.append(F.interpolate(out, base, mode="bilinear", align_corners=False))
+        expected = F.interpolate(torch.stack(maps).max(0)[0], (37, 29), mode="bilinear", align_corners=False)
+    tol = 1e-5 * float(expected.abs().max())  # a batch of two and two single forwards round differently
+    torch.testing.assert_close(model.infer(img, scales, flip=True), expected, rtol=0, atol=tol)
+    no_flip = F.interpolate(torch.stack(maps[::2]).max(0)[0], (37, 29), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(model.infer(img, scales, flip=False), no_flip, rtol=0, atol=tol)
+
+
+def test_imagenet_weights_offline_is_one_line(monkeypatch):
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(UserError) as e:
+        deeplab.build("deeplabv2", 101, "imagenet")
+    assert "resnet101-63fe2227.pth" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_poly_rate_steps_every_ten_iterations():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = train_seg.SegPolyOptimizer([{"params": [p], "lr": 1.0}], lr=1.0, weight_decay=0, max_step=100,
+                                     momentum=0.9, power=0.9)
+    lrs = []
+    for _ in range(21):
+        opt.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[:10] == [1.0] * 10 and len(set(lrs[10:20])) == 1
+    assert lrs[10] == pytest.approx(0.9 ** 0.9) and lrs[20] == pytest.approx(0.8 ** 0.9)
+
+
+def test_stream_batches_do_not_depend_on_world_size(tiny_devkit):
+    one = list(StreamSampler(4, 3, 7, world=1, rank=0))
+    for seg in range(3):
+        s1 = StreamSampler(4, 3, 7)
+        s1.set_epoch(seg)
+        shards = []
+        for r in range(2):
+            s = StreamSampler(4, 3, 7, world=2, rank=r)
+            s.set_epoch(seg)
+            shards.append(list(s))
+        steps = list(s1.steps())
+        assert sorted(shards[0] + shards[1]) == list(s1) == list(range(steps[0] * 4, (steps[-1] + 1) * 4))
+    assert one == list(range(12))
+    ds = PseudoMaskStream(str(tiny_devkit / "train_aug.txt"), str(tiny_devkit), str(tiny_devkit / "SegmentationClass"),
+                          crop_size=40)
+    # every pass is a permutation of the list; item pos is the same whatever asked before
+    assert sorted(ds.image_index(p) for p in range(10, 20)) == list(range(10))
+    a = ds[13]
+    ds[25]  # another pass first
+    b = ds[13]
+    assert a["name"] == b["name"] and np.array_equal(a["img"], b["img"]) and a["img"].shape == (3, 40, 40)
+    assert a["label"].dtype == np.int64 and set(np.unique(a["label"])) <= set(range(21)) | {255}
+
+
+# ---------------------------------------------------------------- steps
+
+@pytest.fixture(scope="module")
+def trained(tiny_devkit, tmp_path_factory):
+    """Ten steps on four images (ground-truth masks standing in for pseudo masks): enough to fit them a bit."""
+    work = tmp_path_factory.mktemp("seg")
+    four = work / "four.txt"
+    four.write_text("".join(n + "\n" for n in (tiny_devkit / "train_aug.txt").read_text().split()[:4]))
+    args = seg_args(tiny_devkit, work, "--seg_train_list", str(four), "--seg_rescale", "1.0", "--seg_crop_size",
+                    "48", "--seg_num_iters", "10", "--seg_checkpoint_every", "5", "--seg_batch_size", "2")
+    train_seg.run(args)
+    return args, work
+
+
+def batch_loss(model, args):
+    ds = PseudoMaskStream(args.seg_train_list, args.voc12_root, args.seg_label_dir, crop_size=48, scales=(1.0,),
+                          seed=5)
+    items = [ds[i] for i in range(4)]
+    img = torch.from_numpy(np.stack([it["img"] for it in items]))
+    label = torch.from_numpy(np.stack([it["label"] for it in items]))
+    model.train()  # BatchNorm of the from-scratch network on the batch's statistics: a function of the weights
+    with torch.no_grad():
+        return float(train_seg.segmentation_loss([model(img)], label))
+
+
+def test_train_seg_writes_weights_and_lowers_the_loss(trained, tiny_devkit):
+    args, work = trained
+    assert os.path.getsize(args.seg_weights_name) > 0 and os.path.isfile(args.seg_weights_name + ".ckpt")
+    torch.manual_seed(args.seed)
+    before = batch_loss(deeplab.build("deeplabv3plus", 50, "none", from_scratch=True), args)
+    after_model = deeplab.build("deeplabv3plus", 50, "none", from_scratch=True)
+    after_model.load_state_dict(torch.load(args.seg_weights_name, weights_only=True))
+    after = batch_loss(after_model, args)
+    assert after < 0.8 * before, (before, after)
+    # --resume on a finished training leaves the weights as they are
+    mtime = os.stat(args.seg_weights_name).st_mtime_ns
+    args.resume = True
+    try:
+        train_seg.run(args)
+    finally:
+        args.resume = False
+    assert os.stat(args.seg_weights_name).st_mtime_ns == mtime
+
+
+def test_eval_seg_writes_pngs_and_records_miou(trained, tiny_devkit, capsys):
+    args, work = trained
+    pyutils.setup_logging()
+    result = eval_seg.run(args)
+    val = (tiny_devkit / "val.txt").read_text().split()
+    for name in val:
+        with Image.open(os.path.join(args.seg_out_dir, name + ".png")) as im:
+            assert im.mode == "P" and im.size[::-1] == read_image(str(tiny_devkit / "JPEGImages" / f"{name}.jpg")).shape[:2]
+            assert np.asarray(im).max() < 21
+    rec = json.loads((work / "results.json").read_text())["stage1"]["seg"]
+    assert 0 <= rec["miou"] <= 1 and len(rec["iou"]) == 21 and rec["miou"] == result["miou"]
+    assert all(v is None or 0 <= v <= 1 for v in rec["iou"].values()) and rec["crf"] is True and rec["flip"] is True
+    assert "no test-set predictions" in capsys.readouterr().out
+    eval_seg.run(args)  # resumable: every PNG is newer than the weights
+    assert "eval_seg val: 0 of" in capsys.readouterr().out
+
+
+def test_test_submission_layout_and_tar(trained, tiny_devkit, tmp_path, capsys):
+    args, work = trained
+    pyutils.setup_logging()
+    ids = (tiny_devkit / "train.txt").read_text().split()[:3]
+    (tmp_path / "test.txt").write_text("".join(i + "\n" for i in ids))
+    a = seg_args(tiny_devkit, work, "--seg_test_list", str(tmp_path / "test.txt"), "--seg_crf", "False",
+                 "--seg_test_out_dir", str(tmp_path / "sub"))
+    a.seg_test_out_dir = str(tmp_path / "sub")
+    eval_seg.run(a)
+    folder = tmp_path / "sub" / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(i + ".png" for i in ids)
+    for i in ids:
+        with Image.open(folder / f"{i}.png") as im:
+            assert im.mode == "P"
+    with tarfile.open(tmp_path / "sub" / "results.tar") as tar:
+        assert sorted(tar.getnames()) == sorted(f"results/VOC2012/Segmentation/comp6_test_cls/{i}.png" for i in ids)
+    # a list whose images are not in the devkit (VOC test without its download): skipped with a log line
+    (tmp_path / "absent.txt").write_text("2010_999999\n2010_999998\n")
+    b = seg_args(tiny_devkit, work, "--seg_test_list", str(tmp_path / "absent.txt"))
+    b.seg_test_out_dir = str(tmp_path / "sub2")
+    eval_seg.run(b)
+    assert "none of the 2 images" in capsys.readouterr().out and not (tmp_path / "sub2").exists()
+    # some present, some missing: a broken devkit, named
+    (tmp_path / "half.txt").write_text(f"{ids[0]}\n2010_999999\n")
+    c = seg_args(tiny_devkit, work, "--seg_test_list", str(tmp_path / "half.txt"))
+    with pytest.raises(UserError, match="2010_999999.jpg"):
+        eval_seg.test_ids(c)
+
+
+def test_missing_pseudo_mask_is_a_user_error(tiny_devkit, tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    names = (tiny_devkit / "train_aug.txt").read_text().split()
+    for n in names[1:]:
+        (masks / f"{n}.png").write_bytes((tiny_devkit / "SegmentationClass" / f"{n}.png").read_bytes())
+    args = seg_args(tiny_devkit, tmp_path, "--seg_label_dir", str(masks))
+    with pytest.raises(UserError) as e:
+        train_seg.run(args)
+    assert str(masks / f"{names[0]}.png") in str(e.value) and "\n" not in str(e.value)
+    args = seg_args(tiny_devkit, tmp_path, "--seg_label_dir", str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="pseudo-mask folder not found: .*nowhere"):
+        train_seg.run(args)
+    # without --seg_label_dir the stage's sem_seg_out_dir is the folder
+    args = seg_args(tiny_devkit, tmp_path, "--seg_label_dir", "", sem_seg_out_dir=str(tmp_path / "sem_seg"))
+    with pytest.raises(UserError, match="sem_seg"):
+        train_seg.run(args)
+    with pytest.raises(UserError, match="segmentation weights not found"):
+        eval_seg.run(seg_args(tiny_devkit, tmp_path / "x"))
