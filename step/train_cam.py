@@ -83,11 +83,14 @@ def datasets(args, color_jitter=None):
     return train_set, val_set
 
 
-def train_classifier(args, train_set, val_set, build_model, desc, val_drop_last=False):
-    """The classification training shared by IRNet's train_cam and PSA's train_cls: poly SGD, validation
-    loss per epoch, checkpoints; with args.cda the CDA paired set (stage II).
+def train_classifier(args, train_set, val_set, build_model, desc, val_drop_last=False, loss_fn=None):
+    """The classification training shared by IRNet's train_cam, PSA's train_cls and SEAM's train_seam: poly
+    SGD, validation loss per epoch (none when val_set is None, as SEAM), checkpoints; with args.cda the CDA
+    paired set (stage II).
 
-    build_model() -> (model, optimiser param groups), called after seeding torch."""
+    build_model() -> (model, optimiser param groups), called after seeding torch. loss_fn(model, batch, device)
+    -> (loss, logs), by default classification_loss."""
+    loss_fn = loss_fn or classification_loss
     device = args.device
     cda = getattr(args, "cda", False)
     if cda and (args.cam_batch_size < 2 or args.cam_batch_size % 2):
@@ -97,7 +100,8 @@ def train_classifier(args, train_set, val_set, build_model, desc, val_drop_last=
     if cda:
         from cda.pool import InstancePool
         pool = InstancePool.load(args.pool_dir)
-        train_set, val_set = paired_dataset(train_set, pool, args), paired_dataset(val_set, pool, args)
+        train_set = paired_dataset(train_set, pool, args)
+        val_set = None if val_set is None else paired_dataset(val_set, pool, args)
         batch //= 2
         if dist.is_main():
             from cda.dataset import sample_grid
@@ -109,8 +113,9 @@ def train_classifier(args, train_set, val_set, build_model, desc, val_drop_last=
     loader = training.make_loader(train_set, batch, True, args.seed, args.num_workers, device, drop_last=True)
     # CDA validates pairs in batches of cam_batch_size / 2 with drop_last, as PSA does; IRNet keeps the last
     # partial batch
-    val_loader = training.make_loader(val_set, batch, False, args.seed, args.num_workers, device,
-                                      drop_last=cda or val_drop_last)
+    val_loader = None if val_set is None else training.make_loader(val_set, batch, False, args.seed,
+                                                                    args.num_workers, device,
+                                                                    drop_last=cda or val_drop_last)
     max_step = cam_max_step(len(train_set), len(loader), args, cda)
 
     torch.manual_seed(args.seed)  # the head's (and a 'none' backbone's) initial weights: same seed, same run
@@ -130,11 +135,13 @@ def train_classifier(args, train_set, val_set, build_model, desc, val_drop_last=
         mults = [optimizer.lr_mult(s) for s in range(first, last)]
         pyutils.log(f"  lr factor in epoch {epoch + 1}: {mults[0]:.4g} -> {mults[-1]:.4g}, mean "
                     f"{sum(mults) / len(mults):.4g} (backbone lr now {optimizer.param_groups[0]['lr']:.4g})")
+        if val_loader is None:
+            return
         loss = validate(model, val_loader, device, args.amp)
         pyutils.log(f"  validation loss {loss:.4f}" if loss is not None else
                     f"  validation: {args.val_list} holds fewer than one full batch (drop_last), no loss")
 
-    ran = training.fit(model, loader, optimizer, lambda m, b: classification_loss(m, b, device),
+    ran = training.fit(model, loader, optimizer, lambda m, b: loss_fn(m, b, device),
                        args.cam_num_epoches, args.cam_weights_name, device, amp=args.amp, resume=args.resume,
                        desc=desc, after_epoch=after_epoch)
     if not ran and training.weights_current(args.cam_weights_name):
