@@ -27,7 +27,7 @@ def seg_args(devkit, work, *flags, **attrs):
     # the demo's network (DeepLab-v3+ on a ResNet-50 from scratch: v2's BatchNorm-free head does not learn from
     # random features), small; the multi-scale loss on
     a = p.parse_args(["--seg_arch", "deeplabv3plus", "--seg_backbone_weights", "none", "--seg_backbone_depth", "50",
-                      "--seg_crop_size", "32", "--seg_batch_size", "4", "--seg_num_iters", "6",
+                      "--seg_crop_size", "32", "--seg_batch_size", "2", "--seg_num_iters", "6",
                       "--seg_checkpoint_every", "3",
                       "--seg_learning_rate", "0.01", "--seg_infer_scales", "1.0", "0.5", "--seg_infer_flip", "True",
                       "--seg_train_list", f"{d}/train_aug.txt", "--seg_val_list", f"{d}/val.txt",
@@ -166,14 +166,14 @@ def trained(tiny_devkit, tmp_path_factory):
     work = tmp_path_factory.mktemp("seg")
     four = work / "four.txt"
     four.write_text("".join(n + "\n" for n in (tiny_devkit / "train_aug.txt").read_text().split()[:4]))
-    args = seg_args(tiny_devkit, work, "--seg_train_list", str(four), "--seg_rescale", "1.0", "--seg_crop_size",
-                    "48", "--seg_num_iters", "10", "--seg_checkpoint_every", "5", "--seg_batch_size", "2")
+    args = seg_args(tiny_devkit, work, "--seg_train_list", str(four), "--seg_rescale", "1.0", "--seg_num_iters", "10",
+                    "--seg_checkpoint_every", "5", "--seg_batch_size", "2", "--seg_msc_scales", "0.75")
     train_seg.run(args)
     return args, work
 
 
 def batch_loss(model, args):
-    ds = PseudoMaskStream(args.seg_train_list, args.voc12_root, args.seg_label_dir, crop_size=48, scales=(1.0,),
+    ds = PseudoMaskStream(args.seg_train_list, args.voc12_root, args.seg_label_dir, crop_size=int(args.seg_crop_size), scales=(1.0,),
                           seed=5)
     items = [ds[i] for i in range(4)]
     img = torch.from_numpy(np.stack([it["img"] for it in items]))
@@ -200,6 +200,37 @@ def test_train_seg_writes_weights_and_lowers_the_loss(trained, tiny_devkit):
     finally:
         args.resume = False
     assert os.stat(args.seg_weights_name).st_mtime_ns == mtime
+
+
+def test_resumed_training_equals_the_uninterrupted_one(tiny_devkit, tmp_path, monkeypatch):
+    flags = ("--seg_num_iters", "4", "--seg_checkpoint_every", "2", "--seg_msc_scales")
+    whole = seg_args(tiny_devkit, tmp_path / "whole", *flags)
+    train_seg.run(whole)
+
+    class Killed(Exception):
+        pass
+
+    save = train_seg.training.save_checkpoint
+
+    def save_then_die(*a, **k):
+        save(*a, **k)
+        raise Killed()
+    cut = seg_args(tiny_devkit, tmp_path / "cut", *flags)
+    monkeypatch.setattr(train_seg.training, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        train_seg.run(cut)  # dies after the checkpoint of iteration 2
+    monkeypatch.setattr(train_seg.training, "save_checkpoint", save)
+    assert torch.load(cut.seg_weights_name + ".ckpt", weights_only=True)["global_step"] == 2
+    # another segment length would resume at the wrong iteration: refused
+    other = seg_args(tiny_devkit, tmp_path / "cut", "--seg_num_iters", "4", "--seg_checkpoint_every", "3",
+                     "--seg_msc_scales", resume=True)
+    with pytest.raises(UserError, match="seg_checkpoint_every"):
+        train_seg.run(other)
+    cut.resume = True
+    train_seg.run(cut)
+    a = torch.load(whole.seg_weights_name, weights_only=True)
+    b = torch.load(cut.seg_weights_name, weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_eval_seg_writes_pngs_and_records_miou(trained, tiny_devkit, capsys):
