@@ -48,8 +48,8 @@ def build_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     env = p.add_argument_group("environment")
     env.add_argument("--method", default="irn", choices=methods.METHODS,
-                     help="first-round method: irn (IRNet, ResNet-50) or psa (AffinityNet, ResNet-38); sets the "
-                          "step list and the method's reference defaults (explicit flags still win)")
+                     help="first-round method: irn (IRNet, ResNet-50), psa (AffinityNet, ResNet-38) or seam (SEAM, "
+                          "ResNet-38); sets the step list and the method's reference defaults (explicit flags win)")
     env.add_argument("--voc12_root", help="VOC 2012 devkit: JPEGImages/, SegmentationClass/, ImageSets/")
     env.add_argument("--work_dir", default="work", help="every output goes under this folder")
     env.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -136,7 +136,12 @@ def build_parser():
                     help="the random walk takes 2**exp_times steps (PSA's --logt)")
     ir.add_argument("--sem_seg_bg_thres", default=0.25, type=float, help="background score of the pseudo masks")
 
-    aff = p.add_argument_group("AffinityNet (psa)")
+    seam = p.add_argument_group("SEAM (seam)")
+    seam.add_argument("--seam_scale_factor", default=0.3, type=float, help="the second view: the batch rescaled by this")
+    seam.add_argument("--seam_ecr_topk", default=0.2, type=float,
+                      help="ECR loss: mean of this top fraction of each image's errors")
+
+    aff = p.add_argument_group("AffinityNet (psa, seam)")
     aff.add_argument("--resnet38_width", default=1.0, type=float,
                      help="channels of ResNet-38 times this (1 = the reference network; the toy demo uses a "
                           "narrower one, trained from scratch)")
@@ -152,6 +157,9 @@ def build_parser():
     aff.add_argument("--aff_radius", default=5, type=int, help="pair radius of AffinityNet (training and walk)")
     aff.add_argument("--aff_backbone_weights", default=None,
                      help="backbone of AffinityNet (default: --backbone_weights); 'cam' takes the stage's classifier")
+    aff.add_argument("--aff_seam_radius", type=str2bool, nargs="?", const=True, default=False,
+                     help="SEAM's rule: on a stride-8 map shorter than 2 * radius + 1, the radius becomes "
+                          "(shorter side - 1) // 2 (seam: True)")
     aff.add_argument("--alpha", default=16, type=float,
                      help="infer_aff: background (1 - max cam) ** alpha before the walk")
 
@@ -184,6 +192,13 @@ def build_parser():
     cda.add_argument("--cda_num_instances", default=1, type=int,
                      help="instances pasted per image, classes without repetition")
 
+    from step import train_seg
+    seg = train_seg.add_arguments(p.add_argument_group(
+        "segmentation network (the last step; settings of kazuto1011/deeplab-pytorch's VOC configuration)"))
+    seg.add_argument("--seg_stages", default="all", choices=["all", "last"],
+                     help="train and score a segmentation network on the pseudo masks of every stage that ran, or "
+                          "of the last one only")
+
     out = p.add_argument_group("outputs (relative paths are under --work_dir)")
     out.add_argument("--log_name", default="run.log", help="log file")
     out.add_argument("--cam_weights_name", default="sess/res50_cam.pth")
@@ -203,6 +218,9 @@ def build_parser():
     out.add_argument("--ha_crf_aug_dir", default="result/crf_ha_aug")
     out.add_argument("--aff_weights_name", default="sess/res38_aff.pth")
     out.add_argument("--aff_aug_weights_name", default="sess/res38_aff_aug.pth")
+    out.add_argument("--seg_aug_weights_name", default="sess/deeplab_aug.pth")
+    out.add_argument("--seg_aug_out_dir", default="result/seg_aug")
+    out.add_argument("--seg_test_aug_out_dir", default="seg_test_aug")
 
     steps = p.add_argument_group("steps (each takes True/False; --no-<step> turns one off)")
     add_switch(steps, "stage1", "run stage I (the --method)")
@@ -236,6 +254,8 @@ def check_args(args):
         raise pyutils.UserError("--num_workers and --exp_times must not be negative")
     if args.aff_crop_size % 8:
         raise pyutils.UserError(f"--aff_crop_size must be a multiple of 8 (AffinityNet's stride), got {args.aff_crop_size}")
+    if not 0 < args.seam_scale_factor <= 1 or not 0 < args.seam_ecr_topk <= 1:
+        raise pyutils.UserError("--seam_scale_factor and --seam_ecr_topk must be within (0, 1]")
     if args.cam_color_jitter is not None and min(args.cam_color_jitter) < 0:
         raise pyutils.UserError(f"--cam_color_jitter takes four non-negative numbers, got {args.cam_color_jitter}")
     train_cls = methods.TRAIN_CLASSIFIER[args.method]
@@ -256,6 +276,9 @@ def check_args(args):
         if on and getattr(args, name) % (unit * world):
             raise pyutils.UserError(f"--{name} {getattr(args, name)} is the global batch of {world} processes"
                                     f"{' in CDA pairs' if unit == 2 else ''}: make it a multiple of {unit * world}")
+    if any(seg_on(args, stage) for stage in ("stage1", "stage2")):
+        from step import train_seg
+        train_seg.check_arguments(args)
     if not args.cam_scales or args.irn_crop_size % 4:
         raise pyutils.UserError("--cam_scales needs at least one scale and --irn_crop_size a multiple of 4")
     if args.irn_crop_size < 76:  # train_irn pairs pixels up to radius 10 apart on the stride-4 map: 19 columns
@@ -280,6 +303,15 @@ def check_args(args):
                         "point --voc12_root at VOCdevkit/VOC2012")
 
 
+def seg_on(args, stage):
+    """Whether the segmentation steps run after `stage` (--seg_stages, the stage and step switches)."""
+    ran = [s for s in ("stage1", "stage2") if getattr(args, s)]
+    if stage not in ran or (args.seg_stages == "last" and stage != ran[-1]):
+        return False
+    prefix = "" if stage == "stage1" else "cda_"
+    return any(getattr(args, f"{prefix}{s}_pass") for s in methods.SEG_STEPS)
+
+
 def stage_args(args, stage):
     """The namespace one stage's steps read: same step modules, other folders and data set."""
     a = copy.copy(args)
@@ -287,12 +319,17 @@ def stage_args(args, stage):
     a.sem_seg_lists = [args.infer_list]
     if stage == "stage1" and args.stage2 and args.make_instance_pool_pass and args.pool_source == "sem_seg":
         a.sem_seg_lists.append(args.pool_list)
+    if seg_on(args, stage) and getattr(args, f"{'' if stage == 'stage1' else 'cda_'}train_seg_pass") \
+            and not args.seg_label_dir:  # the segmentation network trains on this stage's masks of seg_train_list
+        a.sem_seg_lists.append(args.seg_train_list)
     if stage == "stage2":
         a.cam_weights_name, a.irn_weights_name = args.cam_aug_weights_name, args.irn_aug_weights_name
         a.cam_out_dir, a.ir_label_out_dir = args.cam_aug_out_dir, args.ir_label_aug_out_dir
         a.sem_seg_out_dir = args.sem_seg_aug_out_dir
         a.la_crf_dir, a.ha_crf_dir = args.la_crf_aug_dir, args.ha_crf_aug_dir
         a.aff_weights_name = args.aff_aug_weights_name
+        a.seg_weights_name, a.seg_out_dir = args.seg_aug_weights_name, args.seg_aug_out_dir
+        a.seg_test_out_dir = args.seg_test_aug_out_dir
         a.pool_mask_dir = args.sem_seg_out_dir
         a.cda = True
     else:
@@ -322,7 +359,8 @@ def resolve_paths(args):
     for name in ("log_name", "cam_weights_name", "irn_weights_name", "cam_out_dir", "ir_label_out_dir",
                  "sem_seg_out_dir", "cam_aug_weights_name", "irn_aug_weights_name", "cam_aug_out_dir",
                  "ir_label_aug_out_dir", "sem_seg_aug_out_dir", "pool_dir", "la_crf_dir", "ha_crf_dir",
-                 "la_crf_aug_dir", "ha_crf_aug_dir", "aff_weights_name", "aff_aug_weights_name"):
+                 "la_crf_aug_dir", "ha_crf_aug_dir", "aff_weights_name", "aff_aug_weights_name", "seg_weights_name",
+                 "seg_out_dir", "seg_test_out_dir", "seg_aug_weights_name", "seg_aug_out_dir", "seg_test_aug_out_dir"):
         setattr(args, name, under(getattr(args, name)))
     args.results_path = os.path.join(args.work_dir, "results.json")
     args.cda_samples_path = os.path.join(args.work_dir, "cda_samples.png")
@@ -337,10 +375,12 @@ def remove_leftovers(args):
         return list(dict.fromkeys(p for p in paths if not os.path.abspath(p).startswith(work)))
     folders = outside(getattr(args, n) for n in ("cam_out_dir", "ir_label_out_dir", "sem_seg_out_dir",
                                                   "cam_aug_out_dir", "ir_label_aug_out_dir", "sem_seg_aug_out_dir",
-                                                  "la_crf_dir", "ha_crf_dir", "la_crf_aug_dir", "ha_crf_aug_dir"))
+                                                  "la_crf_dir", "ha_crf_dir", "la_crf_aug_dir", "ha_crf_aug_dir",
+                                                  "seg_out_dir", "seg_aug_out_dir", "seg_test_out_dir",
+                                                  "seg_test_aug_out_dir"))
     parents = outside(os.path.dirname(os.path.abspath(getattr(args, n))) for n in (
         "cam_weights_name", "irn_weights_name", "cam_aug_weights_name", "irn_aug_weights_name", "pool_dir",
-        "aff_weights_name", "aff_aug_weights_name"))
+        "aff_weights_name", "aff_aug_weights_name", "seg_weights_name", "seg_aug_weights_name"))
     n = pyutils.remove_temp_files(args.work_dir, *folders) + pyutils.remove_temp_files(*parents, recursive=False)
     if n:
         pyutils.log(f"removed {n} temporary files left by an interrupted run")
@@ -362,14 +402,14 @@ def run_pipeline(args):
     steps = methods.STEPS[args.method]
     if args.stage1:
         a = stage_args(args, "stage1")
-        for s in steps:
+        for s in steps + (methods.SEG_STEPS if seg_on(args, "stage1") else ()):
             if getattr(args, f"{s}_pass"):
                 run_step(STEP_MODULES.get(s, s), a, f"stage I: {s}")
     if args.stage2:
         a = stage_args(args, "stage2")
         if args.make_instance_pool_pass:
             run_step("make_instance_pool", a, "stage II: make_instance_pool")
-        for s in steps:
+        for s in steps + (methods.SEG_STEPS if seg_on(args, "stage2") else ()):
             if getattr(args, f"cda_{s}_pass"):
                 run_step(STEP_MODULES.get(s, s), a, f"stage II: {s}")
 
@@ -382,11 +422,16 @@ def results_table(results, method="irn"):
         r = results.get(stage, {}).get(metric)
         return f"{100 * r['miou']:6.1f}" if r else "     -"
     lines = ["", f"{methods.TITLES[method]}",
-             "                   CAM mIoU   pseudo-mask mIoU   (paper, VOC train: CAM / mask)",
-             f"stage I             {cell('stage1', 'cam')}          {cell('stage1', 'sem_seg')}"
-             f"             {paper['stage1']['cam']} / {paper['stage1']['sem_seg']}",
-             f"stage II (+CDA)     {cell('stage2', 'cam')}          {cell('stage2', 'sem_seg')}"
-             f"             {paper['stage2']['cam']} / {paper['stage2']['sem_seg']}"]
+             "                   CAM mIoU   pseudo-mask mIoU   segmentation (val)   (paper, VOC train: CAM / mask)",
+             f"stage I             {cell('stage1', 'cam')}          {cell('stage1', 'sem_seg')}             "
+             f"{cell('stage1', 'seg')}             {paper['stage1']['cam']} / {paper['stage1']['sem_seg']}",
+             f"stage II (+CDA)     {cell('stage2', 'cam')}          {cell('stage2', 'sem_seg')}             "
+             f"{cell('stage2', 'seg')}             {paper['stage2']['cam']} / {paper['stage2']['sem_seg']}"]
+    for stage, label in (("stage1", "stage I"), ("stage2", "stage II")):
+        curve = results.get(stage, {}).get("cam", {}).get("curve")
+        if curve:
+            lines.append(f"{label} CAM threshold sweep 0.00..0.59: best {curve['best_threshold']:.2f}, "
+                         f"mIoU {100 * curve['best_miou']:.1f}")
     return "\n".join(lines)
 
 

@@ -35,7 +35,12 @@ METHOD_DEFAULTS = {
         cam_weight_decay=1e-4, cam_scales=(1.0, 0.5, 1.5), aff_crop_size=72, aff_batch_size=16, aff_num_epoches=4,
         aff_learning_rate=0.01, aff_weight_decay=1e-4, aff_momentum=0.9, aff_backbone_weights="cam"),
 }
-TOYS = {"irn": (TOY_ROOT, TOY), "psa": (PSA_TOY_ROOT, PSA_TOY)}
+# SEAM: the same narrow network and toy devkit as psa; batch 8 (4 pairs in stage II); AffinityNet's crop
+# of 88 keeps an 11x11 map, where SEAM's small-map rule leaves the radius at 5
+METHOD_DEFAULTS["seam"] = dict(
+    METHOD_DEFAULTS["psa"], work_dir="work_demo_seam", cam_batch_size=8, cam_num_epoches=5, cam_val_crop="none",
+    cam_scales=(0.5, 1.0, 1.5), aff_crop_size=88)
+TOYS = {"irn": (TOY_ROOT, TOY), "psa": (PSA_TOY_ROOT, PSA_TOY), "seam": (PSA_TOY_ROOT, PSA_TOY)}
 
 
 def defaults(method):
@@ -45,7 +50,7 @@ def defaults(method):
 BANNER = ("DEMO: toy devkit, randomly initialised {net} trained from scratch with BatchNorm in training mode "
           "(no ImageNet weights). Numbers are not comparable with the paper's VOC results, and on this toy "
           "stage II is not expected to beat stage I on the train list (README, Results).")
-NETS = {"irn": "ResNet-50", "psa": "ResNet-38 of a quarter width"}
+NETS = {"irn": "ResNet-50", "psa": "ResNet-38 of a quarter width", "seam": "ResNet-38 of a quarter width"}
 
 
 def banner(method):
@@ -65,8 +70,10 @@ def prepare(args):
         from voc12 import synth
         print(f"writing the toy devkit to {args.voc12_root} ...")
         synth.write_devkit(args.voc12_root, **toy)
+    # the toy's held-out images play VOC's test set: eval_seg writes the evaluation server's layout for them
     for flag, name in (("train_list", "train_aug.txt"), ("val_list", "val.txt"), ("infer_list", "train.txt"),
-                       ("cls_labels", "cls_labels.txt")):
+                       ("cls_labels", "cls_labels.txt"), ("seg_train_list", "train_aug.txt"),
+                       ("seg_val_list", "val.txt"), ("seg_test_list", "heldout.txt")):
         if getattr(args, flag).startswith("voc12/"):  # the VOC lists do not fit the toy devkit
             setattr(args, flag, os.path.join(args.voc12_root, name))
 

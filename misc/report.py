@@ -71,15 +71,18 @@ def results_section(results, method="irn"):
     for stage, label in STAGES:
         s = results.get(stage, {})
         rows.append(f"<tr><td>{label}</td><td>{pct(s.get('cam', {}).get('miou'))}</td>"
-                    f"<td>{pct(s.get('sem_seg', {}).get('miou'))}</td>"
+                    f"<td>{pct(s.get('sem_seg', {}).get('miou'))}</td><td>{pct(s.get('seg', {}).get('miou'))}</td>"
                     f"<td class=paper>{paper[stage]['cam']}</td><td class=paper>{paper[stage]['sem_seg']}</td></tr>")
     return ("<h2>Results (mIoU, %)</h2><table><tr><th></th><th>CAM</th><th>pseudo mask</th>"
+            "<th>segmentation network (val)</th>"
             "<th>paper CAM (VOC)</th><th>paper mask (VOC)</th></tr>" + "".join(rows) + "</table>")
 
 
 def per_class_section(results):
-    cols = [(stage, metric) for stage, _ in STAGES for metric in ("cam", "sem_seg")]
-    head = "".join(f"<th>{dict(STAGES)[s]}<br>{'CAM' if m == 'cam' else 'mask'}</th>" for s, m in cols)
+    cols = [(stage, metric) for stage, _ in STAGES for metric in ("cam", "sem_seg", "seg")
+            if metric != "seg" or results.get(stage, {}).get("seg")]
+    what = {"cam": "CAM", "sem_seg": "mask", "seg": "segmentation (val)"}
+    head = "".join(f"<th>{dict(STAGES)[s]}<br>{what[m]}</th>" for s, m in cols)
     rows = []
     for name in metrics.VOC_NAMES:
         values = [results.get(s, {}).get(m, {}).get("iou", {}).get(name) for s, m in cols]
@@ -123,13 +126,34 @@ def pictures_section(args, names, width=200):
     return f"<h2>Pictures</h2><table class=pics><tr><th>id</th>{head}</tr>{''.join(rows)}</table>"
 
 
+def seg_pictures_section(args, width=200, num_pictures=6):
+    """Validation images: ground truth, the pseudo masks' segmentation network of each stage."""
+    names = []
+    if os.path.isfile(getattr(args, "seg_val_list", "") or ""):
+        names = [n for n in open(args.seg_val_list).read().split()][:num_pictures]
+    dirs = [("stage I", getattr(args, "seg_out_dir", "")), ("stage II", getattr(args, "seg_aug_out_dir", ""))]
+    if not any(os.path.isfile(os.path.join(d, n + ".png")) for _, d in dirs for n in names):
+        return ""
+    rows = []
+    for name in names:
+        img = imutils.read_image(os.path.join(args.voc12_root, "JPEGImages", name + ".jpg"))
+        panels = [img, mask_image(os.path.join(args.voc12_root, "SegmentationClass", name + ".png"))]
+        panels += [mask_image(os.path.join(d, name + ".png")) for _, d in dirs]
+        cells = "".join(f"<td><img src='{data_uri(p, width)}'></td>" if p is not None else "<td>-</td>"
+                        for p in panels)
+        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
+    head = "".join(f"<th>{c}</th>" for c in ["image", "ground truth"] + [f"segmentation, {s}" for s, _ in dirs])
+    return (f"<h2>Segmentation network on {html.escape(os.path.basename(args.seg_val_list))}</h2>"
+            f"<table class=pics><tr><th>id</th>{head}</tr>{''.join(rows)}</table>")
+
+
 def write_report(args, path, title, note="", num_pictures=6):
     results = pyutils.load_json(args.results_path, default={})
     eval_list = os.path.join(args.voc12_root, "ImageSets", "Segmentation", args.chainer_eval_set + ".txt")
     names = [n for n in open(eval_list).read().split()][:num_pictures] if os.path.isfile(eval_list) else []
     parts = [f"<h1>{html.escape(title)}</h1>", f"<p class=note>{html.escape(note)}</p>" if note else "",
              results_section(results, getattr(args, "method", "irn")), per_class_section(results), timing_section(results),
-             pictures_section(args, names)]
+             pictures_section(args, names), seg_pictures_section(args, num_pictures=num_pictures)]
     for label, p in (("Instance pool (stage I pseudo masks, one row per class)",
                       os.path.join(args.pool_dir, "preview.png")),
                      ("CDA samples: originals and their augmented copies", args.cda_samples_path)):

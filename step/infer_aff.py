@@ -9,7 +9,8 @@ sparse, misc.indexing.random_walk: the same result as PSA's dense n x n squaring
 the padded size, argmax over the 21 channels, crop to the image. No CRF afterwards, as the reference.
 
 Images: args.sem_seg_lists (stage I: --infer_list and --pool_list, each image once), else infer_list.
-args read also: voc12_root, cls_labels, cam_out_dir, aff_weights_name, aff_radius, alpha, beta, exp_times,
+args read also: voc12_root, cls_labels, cam_out_dir, aff_weights_name, aff_radius, aff_seam_radius (SEAM's
+small-map rule), resnet38_width, alpha, beta, exp_times,
 sem_seg_out_dir, device, num_workers, force. Resumable and sharded under torchrun.
 """
 import os
@@ -34,6 +35,8 @@ def walk_labels(model, img, high_res, keys, radius, alpha, beta, logt):
     padded = F.pad(img[None], (0, -width % STRIDE, 0, -height % STRIDE))
     aff = model(padded)[0]  # (n_dirs, n_src)
     grid_hw = (padded.shape[2] // STRIDE, padded.shape[3] // STRIDE)
+    if getattr(model, "seam_small_maps", False):  # SEAM's rule: a smaller radius on small maps
+        radius = model.radius_for(*grid_hw)
     grid = indexing.pairs_to_grid(aff, grid_hw, radius)
     scores = indexing.cam_walk_scores(high_res, keys, alpha, stride=STRIDE).to(img.device)
     rw = indexing.random_walk(scores, grid, radius=radius, beta=beta, logt=logt)
@@ -52,7 +55,8 @@ def check_size(name, size, radius):
 
 def run(args):
     device = args.device
-    model = resnet38_aff.Net(backbone_weights="none", radius=args.aff_radius, width=args.resnet38_width)
+    model = resnet38_aff.Net(backbone_weights="none", radius=args.aff_radius, width=args.resnet38_width,
+                             seam_small_maps=args.aff_seam_radius)
     torchutils.load_weights(model, args.aff_weights_name, "train_aff")
     model = model.to(device).eval()
 
@@ -71,7 +75,8 @@ def run(args):
     with torch.inference_mode():
         for pack in tqdm(loader, desc="infer_aff", disable=not dist.is_main(), dynamic_ncols=True):
             size = tuple(int(s) for s in pack["size"])
-            check_size(pack["name"], size, args.aff_radius)
+            if not args.aff_seam_radius:
+                check_size(pack["name"], size, args.aff_radius)
             keys = torch.nonzero(torch.as_tensor(pack["label"]))[:, 0].numpy()
             cam = load_cam(args.cam_out_dir, pack["name"], size, keys, strided=False)
             img = torch.as_tensor(pack["img"][0][0]).to(device)

@@ -10,6 +10,7 @@ with label counts over the global batch under torchrun. The network starts from 
 
 args read: train_list, voc12_root, la_crf_dir, ha_crf_dir, aff_crop_size, aff_radius, cam_color_jitter,
 aff_batch_size, aff_num_epoches, aff_learning_rate, aff_weight_decay, aff_momentum, aff_backbone_weights,
+aff_seam_radius, resnet38_width,
 aff_weights_name, from_scratch, seed, num_workers, device, amp, resume.
 """
 import torch
@@ -45,7 +46,12 @@ def run(args):
 
     torch.manual_seed(args.seed)  # initial weights of the new layers: same seed, same run
     model = resnet38_aff.Net(backbone_weights=args.aff_backbone_weights, from_scratch=args.from_scratch,
-                             radius=args.aff_radius, width=args.resnet38_width)
+                             radius=args.aff_radius, width=args.resnet38_width, seam_small_maps=args.aff_seam_radius)
+    side = args.aff_crop_size // 8
+    if model.radius_for(side, side) != args.aff_radius:
+        raise pyutils.UserError(f"--aff_crop_size {args.aff_crop_size} gives a {side}x{side} map, on which SEAM's rule "
+                                f"shrinks the radius below --aff_radius {args.aff_radius}: use a crop of at least "
+                                f"{8 * (2 * args.aff_radius + 1)}")
     optimizer = torchutils.PolyOptimizer(model.optimizer_groups(args.aff_learning_rate, args.aff_weight_decay),
                                          lr=args.aff_learning_rate, weight_decay=args.aff_weight_decay,
                                          max_step=max_step, momentum=args.aff_momentum)

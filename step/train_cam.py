@@ -68,13 +68,15 @@ def validate(model, loader, device, amp):
     return (total[0] / total[1]).item() if total[1] > 0 else None
 
 
-def datasets(args, color_jitter=None):
+def datasets(args, color_jitter=None, validation=True):
     """The classifier's training set (random resize, flip, optional colour jitter, random crop) and its
-    validation set (--cam_val_crop: IRNet's top-left crop, PSA's centre crop, or none)."""
+    validation set (--cam_val_crop: IRNet's top-left crop, PSA's centre crop, or none), or None."""
     train_set = VOC12ClassificationDataset(args.train_list, args.voc12_root, args.cls_labels,
                                            resize_long=tuple(args.cam_resize_long), hor_flip=True,
                                            crop_size=args.cam_crop_size, crop_method="random", seed=args.seed,
                                            color_jitter=color_jitter)
+    if not validation:
+        return train_set, None
     crop = getattr(args, "cam_val_crop", "top_left")
     val_set = VOC12ClassificationDataset(args.val_list, args.voc12_root, args.cls_labels,
                                          crop_size=None if crop == "none" else

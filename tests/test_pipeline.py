@@ -1,5 +1,5 @@
 """The whole pipeline, stage I and stage II, on the tiny devkit: every output written, right shapes and values."""
-from conftest import devkit_flags
+from conftest import SEG_ON, SEG_TINY, devkit_flags
 import json
 import os
 
@@ -18,7 +18,7 @@ def tiny_flags(devkit, work_dir):
             "--cam_crop_size", "64", "--cam_resize_long", "48", "80", "--cam_batch_size", "4",
             "--cam_num_epoches", "1", "--cam_scales", "1.0", "0.5", "--irn_crop_size", "96",
             "--irn_batch_size", "4", "--irn_num_epoches", "1", "--irn_backbone_weights", "cam",
-            "--num_workers", "0", "--device", "cpu", "--pool_source", "gt", "--exp_times", "4"]
+            "--num_workers", "0", "--device", "cpu", "--pool_source", "gt", "--exp_times", "4"] + SEG_ON + SEG_TINY
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,15 @@ def test_results_and_report(pipeline_run):
             assert 0 <= results[stage][metric]["miou"] <= 1
             assert len(results[stage][metric]["iou"]) == 21
     assert "stage II: train_cam" in results["seconds"]
+    # the segmentation network after each stage: val mIoU, per-class IoU, and the test submission
+    for stage, suffix in (("stage1", ""), ("stage2", "_aug")):
+        assert 0 <= results[stage]["seg"]["miou"] <= 1 and len(results[stage]["seg"]["iou"]) == 21
+        assert os.path.getsize(work / "sess" / f"deeplab{suffix}.pth") > 0
+        heldout = load_img_name_list(str(devkit / "heldout.txt"))
+        sub = work / f"seg_test{suffix}" / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls"
+        assert sorted(p.stem for p in sub.iterdir()) == sorted(heldout)
+        assert (work / f"seg_test{suffix}" / "results.tar").stat().st_size > 0
+    assert "segmentation (val)" in (work / "run.log").read_text()
     pool = json.loads((work / "instance_pool" / "pool.json").read_text())
     assert pool["source"] == "gt" and sum(pool["counts"].values()) > 0
     assert pool["list"] == str(devkit / "train_aug.txt")  # --pool_list defaults to the training list
@@ -80,7 +89,8 @@ def test_results_and_report(pipeline_run):
 
 def test_rerun_skips_finished_images(pipeline_run, capsys):
     devkit, work = pipeline_run
-    flags = tiny_flags(devkit, work) + ["--train_cam_pass", "False", "--no-train_irn_pass", "--stage2", "False"]
+    flags = tiny_flags(devkit, work) + ["--train_cam_pass", "False", "--no-train_irn_pass", "--stage2", "False",
+                                        "--train_seg_pass", "False", "--eval_seg_pass", "False"]
     before = {p: p.stat().st_mtime_ns for p in (work / "result" / "cam").iterdir()}
     assert run_sample.main(flags) == 0
     assert "make_cam: 0 of" in capsys.readouterr().out
