@@ -3,7 +3,8 @@ trains DeepLab-v2 on PASCAL VOC (configs/voc12.yaml, main.py train, libs/dataset
 
 - poly learning rate 2.5e-4 * (1 - it / 20000) ** 0.9, recomputed every 10 iterations; the head gets 10x
   (weights) and 20x (biases, without weight decay); SGD momentum 0.9, weight decay 5e-4;
-- 20,000 iterations of 10 images (5 per forward, gradients of 2 accumulated: the same step);
+- 20,000 iterations of 10 images (theirs: 5 per forward, the gradients of 2 forwards accumulated; with BatchNorm
+  frozen one forward of 10 is the same step, but for the loss being averaged over all 10 images' pixels at once);
 - crops of 321 after a rescale by a factor drawn from (0.5, 0.75, 1.0, 1.25, 1.5), random mirror;
 - multi-scale loss (MSC): cross entropy (255 ignored) on the logits of the crop, of its 0.5x and 0.75x
   copies and of their pixel-wise max, each against the mask resized (nearest) to its size;
@@ -31,6 +32,16 @@ from net import deeplab
 from voc12.seg_dataset import PseudoMaskStream, StreamSampler
 
 IGNORE = 255
+
+# The demo (toy devkit, 2 CPU cores, no ImageNet weights; misc/demo.DEFAULTS takes these). A demo-sized network,
+# named as such: DeepLab-v3+ on a ResNet-50 trained from scratch (--from_scratch: BatchNorm in training mode).
+# DeepLab-v2's head sums four BatchNorm-free 3x3 convolutions over 2048 channels: on random features its 10x/20x
+# rates either diverge (base lr >= 2.5e-4) or leave the loss flat (1e-4), while v3+'s normalised head learns at the
+# CAM demo's lr 0.01. 100 iterations of 8 crops of 64 (~3 passes over the toy's 240 images), single-scale loss;
+# inference keeps the reference's scales and CRF.
+DEMO_DEFAULTS = dict(seg_arch="deeplabv3plus", seg_backbone_depth=50, seg_backbone_weights="none", seg_crop_size=64,
+                     seg_batch_size=8, seg_num_iters=100, seg_checkpoint_every=25, seg_learning_rate=0.01,
+                     seg_msc_scales=())
 LR_DECAY_EVERY = 10  # deeplab-pytorch SOLVER.LR_DECAY: the poly rate is updated every 10 iterations
 POLY_POWER = 0.9  # SOLVER.POLY_POWER
 

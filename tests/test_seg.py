@@ -54,6 +54,9 @@ def test_defaults_are_deeplab_pytorch_voc12():
     assert (a.seg_learning_rate, a.seg_momentum, a.seg_weight_decay) == (2.5e-4, 0.9, 5e-4)
     assert tuple(a.seg_rescale) == (0.5, 0.75, 1.0, 1.25, 1.5) and tuple(a.seg_msc_scales) == (0.5, 0.75)
     assert tuple(a.seg_infer_scales) == (1.0, 0.5, 0.75) and a.seg_crf is True
+    p.set_defaults(**train_seg.DEMO_DEFAULTS)  # every demo setting is one of the flags
+    demo = p.parse_args([])
+    assert all(getattr(demo, k) == v for k, v in train_seg.DEMO_DEFAULTS.items())
     assert eval_seg.CRF == dict(iter_max=10, pos_w=3, pos_xy_std=1, bi_w=4, bi_xy_std=67, bi_rgb_std=3)
 
 
