@@ -17,12 +17,16 @@ DEFAULTS = dict(
     cam_learning_rate=0.01, cam_momentum=0.9, cam_scales=(1.0, 0.5, 1.5),
     irn_crop_size=96, irn_batch_size=16, irn_num_epoches=3, irn_learning_rate=0.05, irn_momentum=0.9,
     num_workers=2,
+    # the segmentation network: DeepLab-v3+ on a ResNet-50 from scratch (BatchNorm in training mode), 100 steps
+    # of 8 crops of 64 px, one input scale in the loss
+    seg_arch="deeplabv3plus", seg_backbone_depth=50, seg_backbone_weights="none", seg_crop_size=64,
+    seg_batch_size=8, seg_num_iters=100, seg_checkpoint_every=25, seg_learning_rate=0.01, seg_msc_scales=(),
 )
 
 
 
 # AffinityNet on ResNet-38: the full network costs about 1 s per 96x96 image and training step on this CPU, so
-# the demo narrows it to a quarter of the channels (--resnet38_width, a demo size that takes no pretrained
+# the demo narrows it to an eighth of the channels (--resnet38_width, a demo size that takes no pretrained
 # weights) and uses a smaller toy devkit (fewer, smaller images; still at least the 65x33 px that AffinityNet's
 # radius-5 pairs need).
 PSA_TOY_ROOT = "data/toy_voc_psa"
@@ -30,7 +34,7 @@ PSA_TOY = dict(TOY, num_images=160, size=(96, 72), num_heldout=40)
 METHOD_DEFAULTS = {
     "irn": {},
     "psa": dict(
-        work_dir="work_demo_psa", resnet38_width=0.25, cam_crop_size=64, cam_resize_long=(64.0, 96.0),
+        work_dir="work_demo_psa", resnet38_width=0.125, cam_crop_size=64, cam_resize_long=(64.0, 96.0),
         cam_val_crop="center", cam_val_crop_size=72, cam_batch_size=16, cam_num_epoches=6, cam_learning_rate=0.01,
         cam_weight_decay=1e-4, cam_scales=(1.0, 0.5, 1.5), aff_crop_size=72, aff_batch_size=16, aff_num_epoches=4,
         aff_learning_rate=0.01, aff_weight_decay=1e-4, aff_momentum=0.9, aff_backbone_weights="cam"),
@@ -50,7 +54,7 @@ def defaults(method):
 BANNER = ("DEMO: toy devkit, randomly initialised {net} trained from scratch with BatchNorm in training mode "
           "(no ImageNet weights). Numbers are not comparable with the paper's VOC results, and on this toy "
           "stage II is not expected to beat stage I on the train list (README, Results).")
-NETS = {"irn": "ResNet-50", "psa": "ResNet-38 of a quarter width", "seam": "ResNet-38 of a quarter width"}
+NETS = {"irn": "ResNet-50", "psa": "ResNet-38 of an eighth of the width", "seam": "ResNet-38 of an eighth of the width"}
 
 
 def banner(method):
