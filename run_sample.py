@@ -85,7 +85,7 @@ def build_parser():
 
     cam = p.add_argument_group("class activation map")
     cam.add_argument("--backbone_weights", default="imagenet",
-                     help="imagenet | none | PATH: a ResNet-50 state dict (irn); a ResNet-38 .params or .pth (psa)")
+                     help="imagenet | none | PATH: a ResNet-50 state dict (irn); a ResNet-38 .params or .pth (psa, seam)")
     cam.add_argument("--from_scratch", type=str2bool, nargs="?", const=True, default=False,
                      help="demo only: train every stage with BatchNorm in training mode")
     cam.add_argument("--cam_crop_size", default=512, type=int, help="random crop of train_cam")
@@ -212,8 +212,8 @@ def build_parser():
     out.add_argument("--ir_label_aug_out_dir", default="result/ir_label_aug")
     out.add_argument("--sem_seg_aug_out_dir", default="result/sem_seg_aug")
     out.add_argument("--pool_dir", default="instance_pool")
-    out.add_argument("--la_crf_dir", default="result/crf_la", help="psa: la CRF score maps")
-    out.add_argument("--ha_crf_dir", default="result/crf_ha", help="psa: ha CRF score maps")
+    out.add_argument("--la_crf_dir", default="result/crf_la", help="psa, seam: la CRF score maps")
+    out.add_argument("--ha_crf_dir", default="result/crf_ha", help="psa, seam: ha CRF score maps")
     out.add_argument("--la_crf_aug_dir", default="result/crf_la_aug")
     out.add_argument("--ha_crf_aug_dir", default="result/crf_ha_aug")
     out.add_argument("--aff_weights_name", default="sess/res38_aff.pth")

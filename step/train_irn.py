@@ -22,12 +22,15 @@ def irn_loss(model, batch, device):
 
 def mean_displacement(model, args):
     """Mean predicted displacement over the (top-left cropped) inference images. The reference's loader drops
-    the last partial batch (drop_last=True: 1,440 of VOC train's 1,464 images); so do we. Only the
-    displacement field uses this buffer: the semantic pseudo masks do not depend on it."""
+    the last partial batch (drop_last=True: 1,440 of VOC train's 1,464 images), so the mean is over the first
+    (n // irn_batch_size) * irn_batch_size images (all of them when there are fewer than a batch, where the
+    reference fails). Only the displacement field uses this buffer: the semantic pseudo masks do not."""
     dataset = VOC12ClassificationDataset(args.infer_list, args.voc12_root, args.cls_labels,
                                          crop_size=args.irn_crop_size, crop_method="top_left")
-    loader = training.make_loader(dataset, min(args.irn_batch_size, len(dataset)), False, args.seed,
-                                  args.num_workers, args.device, drop_last=True)
+    keep = (len(dataset) // args.irn_batch_size) * args.irn_batch_size or len(dataset)
+    dataset = torch.utils.data.Subset(dataset, range(keep))
+    loader = training.make_loader(dataset, min(args.irn_batch_size, keep), False, args.seed,
+                                  args.num_workers, args.device, drop_last=False)
     total = torch.zeros(3, dtype=torch.float64)  # (sum of dx, sum of dy, number of images)
     model.eval()
     with torch.inference_mode():
