@@ -15,6 +15,8 @@ Rows (reference path first, its ratio is 1.00x):
   cam_to_ir_label   1 process | a pool of --workers processes
   random walk       dense transition matrix | sparse walk, at a small map; the sparse walk alone at the
                     94x125 map of a VOC image
+  make_sem_seg      the whole step (IRN forward with flip, walk, PNG) per image: the cost of each image
+                    --pool_list adds to stage I (no faster path to compare with)
   train_cam/irn     fp32 | bf16 autocast (channels_last on CUDA in both); a few steps of a small batch
                     (CUDA, or CPU with --train, where only fp32 runs: autocast is CUDA-only)
 
@@ -334,6 +336,26 @@ def task_random_walk(cfg, variant):
     return reps, time.perf_counter() - t0, {"arrays": [out.float().cpu().numpy()]}
 
 
+def task_make_sem_seg(cfg, variant):
+    """The whole make_sem_seg step per image at VOC size (IRN forward of the image and its flip, padded to
+    512, the 2^8-step sparse walk, the PNG): what stage I pays per image of --pool_list on top of the
+    inference list. Random IRN weights: the cost does not depend on them."""
+    import torch
+    from net import resnet50_irn
+    from step import make_sem_seg_labels
+    weights = os.path.join(cfg["tmp"], "irn.pth")
+    torch.manual_seed(0)
+    torch.save(resnet50_irn.EdgeDisplacement().state_dict(), weights)
+    out_dir = os.path.join(cfg["tmp"], "sem_seg")
+    args = argparse.Namespace(device=cfg["device"], irn_crop_size=512, irn_weights_name=weights,
+                              infer_list=cfg["list"], voc12_root=cfg["devkit"], cls_labels=cfg["cls_labels"],
+                              sem_seg_out_dir=out_dir, force=True, cam_out_dir=cfg["cam_dir"], num_workers=1,
+                              beta=10, exp_times=8, sem_seg_bg_thres=0.25)
+    t0 = time.perf_counter()
+    make_sem_seg_labels.run(args)
+    return len(cfg["names"]), time.perf_counter() - t0, {}
+
+
 def task_train(cfg, variant):
     import torch
     from misc import indexing, training
@@ -389,7 +411,7 @@ def _forever(loader):
 
 TASKS = {"decode": task_decode, "resize": task_resize, "loader": task_loader, "train_loader": task_train_loader,
          "make_cam": task_make_cam, "cam_to_ir_label": task_cam_to_ir_label, "random_walk": task_random_walk,
-         "train": task_train}
+         "make_sem_seg": task_make_sem_seg, "train": task_train}
 
 
 def child(task, variant, cfg_path, out_path):
@@ -543,6 +565,9 @@ def main():
         if "random_walk" in only:
             rows.append(("random walk 94x125 (VOC image)", "sparse 94x125",
                          run_child("random_walk", "sparse 94x125", cfg_path, tmp), None, ""))
+        if "make_sem_seg" in only:
+            rows.append(("make_sem_seg (IRN + walk + PNG, per image)", "as the step runs",
+                         run_child("make_sem_seg", "step", cfg_path, tmp), None, ""))
         if (gpu or args.train) and "train" in only:
             for step in ("train_cam", "train_irn"):
                 label = f"{step} step (batch {cfg['train_batch']}, crop 512)"

@@ -10,7 +10,14 @@ from cda.pool import build_pool
 from misc import dist
 from misc.pyutils import UserError, log
 from voc12 import CAT_LIST
-from voc12.dataloader import load_img_name_list
+from voc12.dataloader import load_cls_labels, load_img_name_list
+
+
+def classes_never_pasted(meta, ids, labels):
+    """The classes without instances that the list's images hold (the toy devkit has 6 of VOC's 20 classes:
+    the other 14 are absent, not missing)."""
+    present = {c for i in ids if i in labels for c, on in zip(CAT_LIST, labels[i]) if on}
+    return [c for c in meta["classes_without_instances"] if c in present]
 
 
 @dist.main_only  # one process builds the pool folder; the others wait, then read it
@@ -29,6 +36,7 @@ def run(args):
                       class_names=CAT_LIST, source=args.pool_source, list_path=args.pool_list)
     log(f"instance pool: {meta['num_instances']} instances in {args.pool_dir}; rejected {meta['rejected']}")
     log("  " + ", ".join(f"{c} {n}" for c, n in meta["counts"].items() if n))
-    if meta["classes_without_instances"]:
-        log(f"  classes without instances (never pasted): {', '.join(meta['classes_without_instances'])}")
+    missing = classes_never_pasted(meta, ids, load_cls_labels(args.cls_labels))
+    if missing:
+        log(f"  classes of {args.pool_list} without instances (never pasted): {', '.join(missing)}")
     return meta

@@ -346,7 +346,7 @@ def test_sample_grid_writes_a_picture(tmp_path):
 
 def pool_args(devkit, tmp_path, **kw):  # the driver flags make_instance_pool reads
     args = dict(pool_source="gt", pool_mask_dir=None, pool_list=os.path.join(devkit, "train_aug.txt"),
-                voc12_root=str(devkit), pool_min_ratio=0.05, pool_max_ratio=0.9, pool_dir=str(tmp_path / "pool"))
+                voc12_root=str(devkit), cls_labels=os.path.join(devkit, "cls_labels.txt"), pool_min_ratio=0.05, pool_max_ratio=0.9, pool_dir=str(tmp_path / "pool"))
     args.update(kw)
     return types.SimpleNamespace(**args)
 
@@ -388,6 +388,16 @@ def test_make_instance_pool_step_and_paired_voc_data(tiny_devkit, tmp_path):
         for k in ("img", "img_aug", "label", "label_aug", "num_pasted"):
             assert torch.equal(a[k], b[k])
     assert sample_grid(paired, 4, tmp_path / "cda_samples.png") == tmp_path / "cda_samples.png"
+
+
+def test_classes_never_pasted_names_only_classes_of_the_list():
+    from step.make_instance_pool import classes_never_pasted
+    from voc12 import CAT_LIST
+    labels = {"a": np.eye(20, dtype=np.float32)[CAT_LIST.index("cow")],
+              "b": np.eye(20, dtype=np.float32)[CAT_LIST.index("car")] + np.eye(20, dtype=np.float32)[0]}
+    meta = {"classes_without_instances": ["aeroplane", "bicycle", "car", "sheep"]}
+    assert classes_never_pasted(meta, ["a", "b"], labels) == ["aeroplane", "car"]
+    assert classes_never_pasted(meta, ["a"], labels) == []
 
 
 def test_make_instance_pool_user_errors(tiny_devkit, tmp_path):
