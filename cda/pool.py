@@ -11,11 +11,11 @@ but never as foreground, because SPEC speaks of the share "of the image".
 On disk (`out_dir`):
     <class name>/<id>.png   RGBA crop of the foreground bounding box, alpha 255 on the class pixels
     pool.json               the image list, counts per class, source, thresholds, classes without instances, ids
+    preview.png             a few instances per class, one row per class
 The reference's paste rotates and resizes the crop's class-valued mask (class index + 1 on the object,
 0 elsewhere in the box), so the interpolated values depend on the class. An instance holds one class
 and its folder names it, so that mask is exactly (alpha == 255) * (class index + 1): InstancePool
 rebuilds it on load, losslessly.
-    preview.png             a few instances per class, one row per class
 The folder is built beside `out_dir` under a temporary name and renamed into place at the end,
 so an interrupted run never leaves a half pool that the training step would trust.
 """

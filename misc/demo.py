@@ -23,8 +23,6 @@ DEFAULTS = dict(
     seg_batch_size=8, seg_num_iters=100, seg_checkpoint_every=25, seg_learning_rate=0.01, seg_msc_scales=(),
 )
 
-
-
 # AffinityNet on ResNet-38: the full network costs about 1 s per 96x96 image and training step on this CPU, so
 # the demo narrows it to an eighth of the channels (--resnet38_width, a demo size that takes no pretrained
 # weights) and uses a smaller toy devkit (fewer, smaller images; still at least the 65x33 px that AffinityNet's
@@ -50,6 +48,7 @@ TOYS = {"irn": (TOY_ROOT, TOY), "psa": (PSA_TOY_ROOT, PSA_TOY), "seam": (PSA_TOY
 def defaults(method):
     """The demo's flag defaults for a method."""
     return dict(DEFAULTS, **METHOD_DEFAULTS.get(method, {}))
+
 
 BANNER = ("DEMO: toy devkit, randomly initialised {net} trained from scratch with BatchNorm in training mode "
           "(no ImageNet weights). Numbers are not comparable with the paper's VOC results, and on this toy "
