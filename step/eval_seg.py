@@ -5,10 +5,12 @@ Inference as deeplab-pytorch's (main.py test and crf, libs/models/msc.py, libs/u
 the whole image at scales 1, 0.5 and 0.75, logits fused by pixel-wise max at the scale-1 logit size,
 upsampled bilinearly to the image, softmax, then a dense CRF of 10 iterations with a Gaussian kernel
 (sxy 1, weight 3) and a bilateral one (sxy 67, srgb 3, weight 4), argmax. deeplab-pytorch does not mirror
-the image; --seg_infer_flip True adds the mirror to the max.
+the image; --seg_infer_flip True adds the mirror to the max. The bilateral kernel sees what deeplab-pytorch's
+main.py gives it (--seg_crf_image reference): the data set's BGR image minus the mean, cast to uint8, so
+values below the mean wrap around (-1.7 -> 255); its demo.py, and --seg_crf_image raw, give the image itself.
 
 Reads from args: seg_arch, seg_backbone_depth, seg_weights_name, seg_val_list, seg_test_list, seg_infer_scales,
-seg_infer_flip, seg_crf, seg_out_dir, seg_test_out_dir (defaults in step.train_seg.add_arguments);
+seg_infer_flip, seg_crf, seg_crf_image, seg_out_dir, seg_test_out_dir (defaults in step.train_seg.add_arguments);
 voc12_root, device, amp, num_workers, force, results_path, stage.
 Writes <seg_out_dir>/<id>.png, <seg_test_out_dir>/results/VOC2012/Segmentation/comp6_test_cls/<id>.png and
 <seg_test_out_dir>/results.tar (palette PNGs; per-image outputs are skipped when newer than the weights).
@@ -30,10 +32,25 @@ from voc12.dataloader import get_img_path, load_img_name_list
 # deeplab-pytorch configs/voc12.yaml, CRF section
 CRF = dict(iter_max=10, pos_w=3, pos_xy_std=1, bi_w=4, bi_xy_std=67, bi_rgb_std=3)
 SUBMISSION = os.path.join("results", "VOC2012", "Segmentation", "comp6_test_cls")
+MEAN_BGR = np.array([104.008, 116.669, 122.675], np.float32)  # configs/voc12.yaml IMAGE.MEAN
+
+
+def crf_image(img, mode="reference"):
+    """The uint8 (H, W, 3) image the CRF's bilateral kernel sees, from the RGB uint8 image.
+
+    'reference': deeplab-pytorch main.py's `image.astype(np.uint8)` of its data set's image, BGR minus
+    MEAN_BGR (float32). NumPy's cast of a negative float to uint8 is left to the platform (x86: truncation
+    toward zero, then modulo 256); written out here so that it is the same everywhere. 'raw': the image."""
+    if mode == "raw":
+        return np.ascontiguousarray(img, dtype=np.uint8)
+    if mode != "reference":
+        raise ValueError(f"mode must be 'reference' or 'raw', got {mode!r}")
+    centred = np.asarray(img, np.float32)[..., ::-1] - MEAN_BGR
+    return np.ascontiguousarray(np.mod(np.trunc(centred).astype(np.int64), 256).astype(np.uint8))
 
 
 def dense_crf(img, probs, iter_max=10, pos_w=3, pos_xy_std=1, bi_w=4, bi_xy_std=67, bi_rgb_std=3):
-    """Mean-field dense CRF on softmax probabilities (C, H, W) of an RGB uint8 image; returns Q (C, H, W)."""
+    """Mean-field dense CRF on softmax probabilities (C, H, W) with a uint8 (H, W, 3) image; returns Q (C, H, W)."""
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 
@@ -46,10 +63,11 @@ def dense_crf(img, probs, iter_max=10, pos_w=3, pos_xy_std=1, bi_w=4, bi_xy_std=
     return np.asarray(d.inference(iter_max), np.float32).reshape(c, h, w)
 
 
-def finish(img, probs, out_path, crf):
-    """CRF (optional), argmax, palette PNG. Runs in a pool process when there are several."""
+def finish(img, probs, out_path, crf, crf_mode="reference"):
+    """CRF (optional; on crf_image(img, crf_mode)), argmax, palette PNG. Runs in a pool process when there are
+    several."""
     if crf:
-        probs = dense_crf(img, probs, **CRF)
+        probs = dense_crf(crf_image(img, crf_mode), probs, **CRF)
     imutils.save_label_png(out_path, np.argmax(probs, axis=0).astype(np.uint8))
     return out_path
 
@@ -90,7 +108,8 @@ def predict(model, names, out_dir, args, desc):
         with torch.inference_mode():
             for n in tqdm(todo, desc=desc, disable=not dist.is_main(), dynamic_ncols=True):
                 img = imutils.read_image(get_img_path(n, args.voc12_root))
-                job = (img, probabilities(model, img, args), out(n), args.seg_crf)
+                job = (img, probabilities(model, img, args), out(n), args.seg_crf,
+                       getattr(args, "seg_crf_image", "reference"))
                 if pool is None:
                     finish(*job)
                     continue
@@ -114,7 +133,8 @@ def score(args, names):
         conf.update(gt_mask(args, n), pred, n)
     result = conf.as_dict()
     result.update(list=args.seg_val_list, arch=args.seg_arch, scales=list(args.seg_infer_scales),
-                  flip=bool(args.seg_infer_flip), crf=bool(args.seg_crf))
+                  flip=bool(args.seg_infer_flip), crf=bool(args.seg_crf),
+                  crf_image=getattr(args, "seg_crf_image", "reference"))
     pyutils.log(metrics.format_iou_table(result, f"segmentation IoU ({args.stage}, {args.seg_arch}, "
                                                  f"{args.seg_val_list}, crf {args.seg_crf})"))
     metrics.record(args.results_path, args.stage, "seg", result)
@@ -156,7 +176,7 @@ def run(args):
     model = load_model(args)
     val = load_img_name_list(args.seg_val_list)
     pyutils.log(f"eval_seg: scales {list(args.seg_infer_scales)}, flip {args.seg_infer_flip}, "
-                f"CRF {args.seg_crf}")
+                f"CRF {args.seg_crf} (image: {getattr(args, 'seg_crf_image', 'reference')})")
     predict(model, val, args.seg_out_dir, args, "eval_seg val")
     result = score(args, val)
     names = test_ids(args)

@@ -3,8 +3,9 @@ trains DeepLab-v2 on PASCAL VOC (configs/voc12.yaml, main.py train, libs/dataset
 
 - poly learning rate 2.5e-4 * (1 - it / 20000) ** 0.9, recomputed every 10 iterations; the head gets 10x
   (weights) and 20x (biases, without weight decay); SGD momentum 0.9, weight decay 5e-4;
-- 20,000 iterations of 10 images (theirs: 5 per forward, the gradients of 2 forwards accumulated; with BatchNorm
-  frozen one forward of 10 is the same step, but for the loss being averaged over all 10 images' pixels at once);
+- 20,000 iterations of 10 images (theirs: 5 per forward, the gradients of 2 forwards accumulated); with BatchNorm
+  frozen one forward of 10 is the same step when the loss, as theirs, averages each group of 5 over its own
+  labelled pixels and then halves the sum (--seg_iter_size 2; 1 averages over all 10 images' pixels at once);
 - crops of 321 after a rescale by a factor drawn from (0.5, 0.75, 1.0, 1.25, 1.5), random mirror;
 - multi-scale loss (MSC): cross entropy (255 ignored) on the logits of the crop, of its 0.5x and 0.75x
   copies and of their pixel-wise max, each against the mask resized (nearest) to its size;
@@ -14,8 +15,8 @@ DeepLab authors' COCO-trained caffemodel), so images are normalised with ImageNe
 
 Reads from args (defaults in add_arguments; run_sample.py adds the environment ones):
   seg_arch, seg_backbone_depth, seg_backbone_weights, seg_label_dir (None: sem_seg_out_dir), seg_train_list,
-  seg_crop_size, seg_rescale, seg_msc_scales, seg_batch_size, seg_num_iters, seg_learning_rate, seg_momentum,
-  seg_weight_decay, seg_checkpoint_every, seg_weights_name;
+  seg_crop_size, seg_rescale, seg_msc_scales, seg_batch_size, seg_iter_size, seg_num_iters, seg_learning_rate,
+  seg_momentum, seg_weight_decay, seg_checkpoint_every, seg_weights_name;
   voc12_root, sem_seg_out_dir, from_scratch (False), device, amp, seed, num_workers, resume.
 Writes seg_weights_name (a state dict) and seg_weights_name + '.ckpt' (resume point every
 seg_checkpoint_every iterations).
@@ -78,6 +79,9 @@ def add_arguments(group):
     g.add_argument("--seg_msc_scales", default=(0.5, 0.75), type=float, nargs="*",
                    help="extra input scales of the multi-scale loss; none: one scale")
     g.add_argument("--seg_batch_size", default=10, type=int, help="global batch (deeplab-pytorch: 5 x 2 accumulated)")
+    g.add_argument("--seg_iter_size", default=2, type=int,
+                   help="the loss averages each of this many groups of the batch over its own labelled pixels, then "
+                        "takes their mean, as deeplab-pytorch's gradient accumulation (ITER_SIZE 2); 1: one average")
     g.add_argument("--seg_num_iters", default=20000, type=int, help="training iterations")
     g.add_argument("--seg_learning_rate", default=2.5e-4, type=float,
                    help="backbone lr; head weights 10x, head biases 20x")
@@ -91,6 +95,9 @@ def add_arguments(group):
                    help="eval_seg also fuses the mirrored image")
     g.add_argument("--seg_crf", type=_bool, nargs="?", const=True, default=True, metavar="BOOL",
                    help="dense CRF on eval_seg's probabilities")
+    g.add_argument("--seg_crf_image", default="reference", choices=["reference", "raw"],
+                   help="the image the CRF's bilateral kernel sees: reference = deeplab-pytorch main.py's, the BGR "
+                        "image minus its mean cast to uint8 (values below the mean wrap around); raw = the image")
     g.add_argument("--seg_weights_name", default="sess/deeplab.pth")
     g.add_argument("--seg_out_dir", default="result/seg", help="eval_seg's val predictions (palette PNGs)")
     g.add_argument("--seg_test_out_dir", default="seg_test",
@@ -113,6 +120,20 @@ def check_arguments(args):
     if args.seg_batch_size % dist.world_size():
         raise pyutils.UserError(f"--seg_batch_size {args.seg_batch_size} is the global batch of "
                                 f"{dist.world_size()} processes: make it a multiple of {dist.world_size()}")
+    local_groups(args.seg_batch_size, args.seg_iter_size, dist.world_size())
+
+
+def local_groups(batch, iter_size, world):
+    """Loss groups of each process: the global batch is iter_size groups of batch / iter_size images, and
+    each process must hold whole groups (UserError otherwise)."""
+    if iter_size < 1 or batch % iter_size:
+        raise pyutils.UserError(f"--seg_iter_size {iter_size} must be at least 1 and divide --seg_batch_size {batch}")
+    group, per = batch // iter_size, batch // world
+    if iter_size > 1 and per % group:
+        raise pyutils.UserError(f"--seg_iter_size {iter_size}: each of the {world} processes holds {per} images, not "
+                                f"a whole number of loss groups of {group}; pick another --seg_iter_size (1: one "
+                                "average over the global batch) or --seg_batch_size")
+    return per // group if iter_size > 1 else 1
 
 
 class SegPolyOptimizer(torchutils.PolyOptimizer):
@@ -130,10 +151,24 @@ def resize_labels(label, size):
     return F.interpolate(label[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].long()
 
 
-def segmentation_loss(outputs, label):
-    """Sum over the outputs of the cross entropy averaged over the labelled pixels of the *global* batch:
-    the counts are summed over processes, so a step on several processes moves the weights as one does."""
+def segmentation_loss(outputs, label, groups=1, iter_size=1):
+    """Sum over the outputs of the cross entropy (255 ignored).
+
+    iter_size 1: averaged over the labelled pixels of the *global* batch (the counts are summed over processes,
+    so a step on several processes moves the weights as one does). iter_size > 1: deeplab-pytorch's
+    accumulation, each of the batch's iter_size groups of consecutive images averaged over its own labelled
+    pixels, the group losses summed and divided by iter_size; this process holds `groups` of them (scaled by the
+    world size, which DistributedDataParallel's gradient mean divides out). A group without a labelled pixel
+    adds 0 (the reference's loss would be NaN)."""
     labels = [resize_labels(label, o.shape[-2:]) for o in outputs]
+    if iter_size > 1:
+        total = 0
+        for o, lab in zip(outputs, labels):
+            ce = F.cross_entropy(o.float(), lab, ignore_index=IGNORE, reduction="none").flatten(1).sum(1)
+            n = (lab != IGNORE).flatten(1).sum(1)
+            ce, n = ce.view(groups, -1).sum(1), n.view(groups, -1).sum(1)
+            total = total + (ce / n.clamp(min=1)).sum()
+        return total * dist.world_size() / iter_size
     counts = torch.stack([(lab != IGNORE).sum() for lab in labels]).double()
     counts = dist.all_reduce_sum(counts) / dist.world_size()
     total = 0
@@ -189,13 +224,16 @@ def run(args):
     check_resume_point(args, every, total)
     pyutils.log(f"train_seg: {args.seg_arch} ResNet-{args.seg_backbone_depth} "
                 f"({'from scratch' if from_scratch else f'backbone {args.seg_backbone_weights}'}), "
-                f"{len(dataset)} images with pseudo masks of {label_dir(args)}, batch {args.seg_batch_size}, "
+                f"{len(dataset)} images with pseudo masks of {label_dir(args)}, batch {args.seg_batch_size} "
+                f"({args.seg_iter_size} loss groups), "
                 f"{total} iterations (~{total * args.seg_batch_size / len(dataset):.1f} passes) in {segments} "
                 f"segments of {every}, device {device}")
 
+    groups = local_groups(args.seg_batch_size, args.seg_iter_size, dist.world_size())
+
     def loss_fn(m, batch):
         img = training.to_device(batch["img"], device)
-        loss = segmentation_loss(m(img), batch["label"].to(device, non_blocking=True))
+        loss = segmentation_loss(m(img), batch["label"].to(device, non_blocking=True), groups, args.seg_iter_size)
         return loss, {"loss": loss.item()}
 
     ran = training.fit(model, loader, optimizer, loss_fn, segments, args.seg_weights_name, device, amp=args.amp,

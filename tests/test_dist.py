@@ -2,7 +2,7 @@
 
 - loaders: same number of steps and the same global batches for world size 1 and 2;
 - inference steps under a real `torchrun --nproc_per_node 2`: outputs byte-identical to one process;
-- one training step of the CAM network in two spawned processes: parameters equal across ranks and
+- one training step of the CAM, IRN and segmentation networks in two spawned processes: parameters equal across ranks and
   equal (1e-5) to one process trained on the same global batch.
 """
 from conftest import devkit_flags
@@ -284,3 +284,23 @@ def test_one_irn_training_step_matches_one_process(tiny_devkit, tmp_path, monkey
     moved = train_one_step_both_ways(one, two, base_flags(tiny_devkit, one) + flags,
                                      base_flags(tiny_devkit, two) + flags, "res50_irn.pth", resnet50_irn.Net)
     assert any(k.startswith("fc_edge") for k in moved) and any(k.startswith("fc_dp") for k in moved)
+
+
+def test_one_seg_training_step_matches_one_process(tiny_devkit, tmp_path, monkeypatch):
+    """train_seg in two processes with deeplab-pytorch's loss groups (--seg_iter_size 2: each process holds one
+    group of the global batch of 4): one step moves the weights as one process does on the same batch."""
+    one, two = tmp_path / "one", tmp_path / "two"
+
+    def flags(work):
+        return base_flags(tiny_devkit, work) + ["--stage2", "False"] + \
+            [f"--{s}_pass=False" for s in run_sample.STAGE1_STEPS] + [
+            "--train_seg_pass=True", "--seg_label_dir", str(tiny_devkit / "SegmentationClass"),
+            "--seg_arch", "deeplabv2", "--seg_backbone_depth", "50", "--seg_backbone_weights", "none",
+            "--seg_crop_size", "32", "--seg_batch_size", "4", "--seg_iter_size", "2", "--seg_num_iters", "1",
+            "--seg_checkpoint_every", "1", "--seg_learning_rate", "0.01", "--seg_msc_scales", "0.5"]
+
+    monkeypatch.setattr(training, "save_weights", save_per_rank)
+    from net import deeplab
+    moved = train_one_step_both_ways(one, two, flags(one), flags(two), "deeplab.pth",
+                                     lambda: deeplab.build("deeplabv2", 50, "none"))
+    assert any(k.startswith("head.branches") for k in moved) and any(k.startswith("backbone.layer4") for k in moved)

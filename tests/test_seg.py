@@ -54,6 +54,7 @@ def test_defaults_are_deeplab_pytorch_voc12():
     assert (a.seg_learning_rate, a.seg_momentum, a.seg_weight_decay) == (2.5e-4, 0.9, 5e-4)
     assert tuple(a.seg_rescale) == (0.5, 0.75, 1.0, 1.25, 1.5) and tuple(a.seg_msc_scales) == (0.5, 0.75)
     assert tuple(a.seg_infer_scales) == (1.0, 0.5, 0.75) and a.seg_crf is True
+    assert a.seg_iter_size == 2 and a.seg_crf_image == "reference"  # BATCH_SIZE.TRAIN 5 x ITER_SIZE 2; main.py's CRF
     p.set_defaults(**train_seg.DEMO_DEFAULTS)  # every demo setting is one of the flags
     demo = p.parse_args([])
     assert all(getattr(demo, k) == v for k, v in train_seg.DEMO_DEFAULTS.items())
@@ -135,6 +136,57 @@ def test_poly_rate_steps_every_ten_iterations():
         lrs.append(opt.param_groups[0]["lr"])
     assert lrs[:10] == [1.0] * 10 and len(set(lrs[10:20])) == 1
     assert lrs[10] == pytest.approx(0.9 ** 0.9) and lrs[20] == pytest.approx(0.8 ** 0.9)
+
+
+def test_grouped_loss_equals_accumulated_half_batches():
+    """--seg_iter_size 2 on one batch of 6 = deeplab-pytorch's two accumulated batches of 3: each half's loss
+    averaged over its own labelled pixels (here very different counts), divided by 2, summed; gradients too."""
+    gen = torch.Generator().manual_seed(0)
+    logits = [torch.randn(6, 21, 9, 9, generator=gen, requires_grad=True),
+              torch.randn(6, 21, 5, 5, generator=gen, requires_grad=True)]
+    label = torch.randint(0, 21, (6, 9, 9), generator=gen)
+    label[:2, :6] = 255  # the first half has far fewer labelled pixels
+    label[4, :, :3] = 255
+    ours = train_seg.segmentation_loss(logits, label, groups=2, iter_size=2)
+    g_ours = torch.autograd.grad(ours, logits)
+    ref = 0
+    for half in (slice(0, 3), slice(3, 6)):
+        part = 0
+        for o in logits:
+            lab = train_seg.resize_labels(label[half], o.shape[-2:])
+            part = part + F.cross_entropy(o[half], lab, ignore_index=255)  # mean over the labelled pixels
+        ref = ref + part / 2
+    g_ref = torch.autograd.grad(ref, logits)
+    assert torch.allclose(ours, ref, rtol=1e-6, atol=0)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-9) for a, b in zip(g_ours, g_ref))
+    whole = train_seg.segmentation_loss(logits, label)  # iter_size 1: one average over all 6 images
+    assert not torch.allclose(whole, ours, rtol=1e-4)
+    assert whole.item() == pytest.approx(sum(float(F.cross_entropy(o.detach(), train_seg.resize_labels(label, o.shape[-2:]),
+                                                                   ignore_index=255)) for o in logits), rel=1e-6)
+
+
+def test_loss_groups_must_be_whole_per_process():
+    assert train_seg.local_groups(10, 2, 1) == 2 and train_seg.local_groups(10, 2, 2) == 1
+    assert train_seg.local_groups(12, 1, 4) == 1 and train_seg.local_groups(12, 6, 3) == 2
+    with pytest.raises(UserError, match="not a whole number of loss groups of 6"):
+        train_seg.local_groups(12, 2, 4)
+    with pytest.raises(UserError, match="divide --seg_batch_size 10"):
+        train_seg.local_groups(10, 3, 1)
+
+
+def test_crf_image_is_main_py_wrapped_mean_subtraction():
+    img = np.array([[[0, 120, 200], [255, 255, 255]]], np.uint8)  # RGB
+    # BGR (200, 120, 0) - (104.008, 116.669, 122.675) = (95.99, 3.33, -122.68): truncated, -122 wraps to 134
+    assert eval_seg.crf_image(img).tolist() == [[[95, 3, 134], [150, 138, 132]]]
+    assert eval_seg.crf_image(img, "raw").tolist() == img.tolist()
+    with pytest.raises(ValueError):
+        eval_seg.crf_image(img, "bgr")
+    # the same as NumPy's float32 -> uint8 cast where that wraps (x86), over every grey level and channel
+    grid = np.stack(np.meshgrid(np.arange(256), [0, 128], [255], indexing="ij"), -1).reshape(-1, 1, 3).astype(np.uint8)
+    with np.errstate(invalid="ignore"):
+        cast = (grid[..., ::-1].astype(np.float32) - eval_seg.MEAN_BGR).astype(np.uint8)
+    if cast[0, 0, 2] == 134:  # R = 0: -122.675 -> -122 -> 134 on this platform (x86 here)
+        assert np.array_equal(eval_seg.crf_image(grid), cast)
 
 
 def test_stream_batches_do_not_depend_on_world_size(tiny_devkit):
