@@ -17,19 +17,10 @@ import time
 import torch
 
 from misc import dist, methods, pyutils
+from misc.pyutils import str2bool
 
 STAGE1_STEPS = list(methods.STEPS["irn"])  # IRNet's steps (the default method)
 STEP_MODULES = methods.STEP_MODULES
-
-
-def str2bool(v):
-    if isinstance(v, bool):
-        return v
-    if v.lower() in ("true", "1", "yes"):
-        return True
-    if v.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {v!r}")
 
 
 def add_switch(parser, name, help=None):

@@ -61,6 +61,14 @@ def shard(items):
     return items[rank()::world_size()]
 
 
+def pending(names, out_path, force=False, deps=lambda name: ()):
+    """Indices of this process's share of `names` whose output out_path(name) is to be made: all with force,
+    else those whose output is missing or older than one of deps(name) (weights, inputs). What makes the
+    per-image steps resumable."""
+    from misc.pyutils import is_fresh
+    return [i for i in shard(list(range(len(names)))) if force or not is_fresh(out_path(names[i]), *deps(names[i]))]
+
+
 def all_reduce_sum(t):
     """Sum a tensor over processes, in place. NCCL only reduces GPU tensors, so it makes the trip there."""
     if is_dist():

@@ -20,6 +20,18 @@ class UserError(Exception):
     """
 
 
+def str2bool(v):
+    """argparse type of the True/False flags: true/1/yes, false/0/no (any case), or a bool."""
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("true", "1", "yes"):
+        return True
+    if v.lower() in ("false", "0", "no"):
+        return False
+    import argparse
+    raise argparse.ArgumentTypeError(f"expected True or False, got {v!r}")
+
+
 def one_line(err):
     """The message of a UserError as one line.
 

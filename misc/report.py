@@ -3,7 +3,6 @@
 Everything is read back from files the steps wrote (results.json, CAM .npz, mask PNGs, pool preview,
 CDA samples): run_sample.py rewrites it at the end of every run, also one with every step turned off.
 """
-import argparse
 import base64
 import html
 import io

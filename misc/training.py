@@ -29,6 +29,14 @@ class ShardSampler(torch.utils.data.Sampler):
         pass
 
 
+def require_one_batch(dataset, batch_size, list_path, flag):
+    """A training set smaller than one batch (drop_last would leave no step) is a UserError naming the list
+    and the batch flag to lower."""
+    if len(dataset) < batch_size:
+        raise pyutils.UserError(f"{list_path} has {len(dataset)} images, fewer than one batch ({batch_size}); "
+                                f"lower --{flag}")
+
+
 def make_loader(dataset, batch_size, shuffle, seed, num_workers, device, drop_last, persistent=None):
     """A loader over this process's share of `dataset`, batch_size being the global batch.
 

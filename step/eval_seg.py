@@ -97,7 +97,7 @@ def predict(model, names, out_dir, args, desc):
     def out(n):
         return os.path.join(out_dir, n + ".png")
 
-    todo = [n for n in dist.shard(names) if args.force or not pyutils.is_fresh(out(n), args.seg_weights_name)]
+    todo = [names[i] for i in dist.pending(names, out, args.force, lambda n: (args.seg_weights_name,))]
     pyutils.log(f"{desc}: {len(todo)} of {len(names)} images to do -> {out_dir}")
     pool = None
     if args.seg_crf and args.num_workers > 1 and len(todo) > 1:
@@ -109,7 +109,7 @@ def predict(model, names, out_dir, args, desc):
             for n in tqdm(todo, desc=desc, disable=not dist.is_main(), dynamic_ncols=True):
                 img = imutils.read_image(get_img_path(n, args.voc12_root))
                 job = (img, probabilities(model, img, args), out(n), args.seg_crf,
-                       getattr(args, "seg_crf_image", "reference"))
+                       args.seg_crf_image)
                 if pool is None:
                     finish(*job)
                     continue
@@ -134,7 +134,7 @@ def score(args, names):
     result = conf.as_dict()
     result.update(list=args.seg_val_list, arch=args.seg_arch, scales=list(args.seg_infer_scales),
                   flip=bool(args.seg_infer_flip), crf=bool(args.seg_crf),
-                  crf_image=getattr(args, "seg_crf_image", "reference"))
+                  crf_image=args.seg_crf_image)
     pyutils.log(metrics.format_iou_table(result, f"segmentation IoU ({args.stage}, {args.seg_arch}, "
                                                  f"{args.seg_val_list}, crf {args.seg_crf})"))
     metrics.record(args.results_path, args.stage, "seg", result)
@@ -176,7 +176,7 @@ def run(args):
     model = load_model(args)
     val = load_img_name_list(args.seg_val_list)
     pyutils.log(f"eval_seg: scales {list(args.seg_infer_scales)}, flip {args.seg_infer_flip}, "
-                f"CRF {args.seg_crf} (image: {getattr(args, 'seg_crf_image', 'reference')})")
+                f"CRF {args.seg_crf} (image: {args.seg_crf_image})")
     predict(model, val, args.seg_out_dir, args, "eval_seg val")
     result = score(args, val)
     names = test_ids(args)

@@ -36,26 +36,29 @@ def psa_cams(model, scales_imgs, size, keys, device, amp=False):
     return total / (F.adaptive_max_pool2d(total, (1, 1)) + 1e-5)
 
 
-def run(args):
+def write_cams(args, model, cams_fn, desc):
+    """For every image of the training list still to do, cams_fn(model, per-scale [image, flip] stacks, (H, W),
+    keys on the device, device, amp) -> (K, H, W) into <cam_out_dir>/<id>.npz (`keys`, `high_res`). Shared by
+    infer_cls and infer_seam."""
     device = args.device
-    model = resnet38_cls.Net(backbone_weights="none", width=args.resnet38_width)
-    torchutils.load_weights(model, args.cam_weights_name, "train_cls")
-    model = model.to(device).eval()
-
     dataset = VOC12ClassificationDatasetMSF(args.train_list, args.voc12_root, args.cls_labels,
                                             scales=tuple(args.cam_scales))
     os.makedirs(args.cam_out_dir, exist_ok=True)
-    todo = [i for i in dist.shard(list(range(len(dataset))))
-            if args.force or not pyutils.is_fresh(cam_path(args.cam_out_dir, dataset.img_name_list[i]),
-                                                  args.cam_weights_name)]
-    pyutils.log(f"infer_cls: {len(todo)} of {len(dataset)} images to do -> {args.cam_out_dir}")
+    todo = dist.pending(dataset.img_name_list, lambda n: cam_path(args.cam_out_dir, n), args.force,
+                        lambda n: (args.cam_weights_name,))
+    pyutils.log(f"{desc}: {len(todo)} of {len(dataset)} images to do -> {args.cam_out_dir}")
     loader = DataLoader(Subset(dataset, todo), batch_size=None, num_workers=args.num_workers)
     with torch.inference_mode():
-        for pack in tqdm(loader, desc="infer_cls", disable=not dist.is_main(), dynamic_ncols=True):
+        for pack in tqdm(loader, desc=desc, disable=not dist.is_main(), dynamic_ncols=True):
             size = tuple(int(s) for s in pack["size"])
             keys = torch.nonzero(torch.as_tensor(pack["label"]))[:, 0]
-            high = psa_cams(model, [torch.as_tensor(x) for x in pack["img"]], size, keys.to(device), device,
-                            args.amp)
+            high = cams_fn(model, [torch.as_tensor(x) for x in pack["img"]], size, keys.to(device), device, args.amp)
             pyutils.save_npz(cam_path(args.cam_out_dir, pack["name"]), keys=keys.numpy().astype(np.int64),
                              high_res=high.cpu().numpy().astype(np.float32))
     dist.barrier()
+
+
+def run(args):
+    model = resnet38_cls.Net(backbone_weights="none", width=args.resnet38_width)
+    torchutils.load_weights(model, args.cam_weights_name, "train_cls")
+    write_cams(args, model.to(args.device).eval(), psa_cams, "infer_cls")

@@ -10,18 +10,12 @@ args read: train_list, voc12_root, cls_labels, cam_scales, cam_weights_name, cam
 device, amp, num_workers, force. Resumable (an output newer than the weights is kept) and sharded under
 torchrun.
 """
-import os
-
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
-from misc import dist, pyutils, torchutils, training
+from misc import torchutils, training
 from net import resnet38_SEAM
-from step.make_cam import cam_path
-from voc12.dataloader import VOC12ClassificationDatasetMSF
+from step.infer_cls import write_cams
 
 
 def seam_normalize(sum_cam, eps=1e-5):
@@ -54,24 +48,6 @@ def seam_cams(model, scales_imgs, size, keys, device, amp=False):
 
 
 def run(args):
-    device = args.device
     model = resnet38_SEAM.Net(backbone_weights="none", width=args.resnet38_width)
     torchutils.load_weights(model, args.cam_weights_name, "train_seam")  # strict, as infer_SEAM.py:33
-    model = model.to(device).eval()
-
-    dataset = VOC12ClassificationDatasetMSF(args.train_list, args.voc12_root, args.cls_labels,
-                                            scales=tuple(args.cam_scales))
-    os.makedirs(args.cam_out_dir, exist_ok=True)
-    todo = [i for i in dist.shard(list(range(len(dataset))))
-            if args.force or not pyutils.is_fresh(cam_path(args.cam_out_dir, dataset.img_name_list[i]),
-                                                  args.cam_weights_name)]
-    pyutils.log(f"infer_seam: {len(todo)} of {len(dataset)} images to do -> {args.cam_out_dir}")
-    loader = DataLoader(Subset(dataset, todo), batch_size=None, num_workers=args.num_workers)
-    with torch.inference_mode():
-        for pack in tqdm(loader, desc="infer_seam", disable=not dist.is_main(), dynamic_ncols=True):
-            size = tuple(int(s) for s in pack["size"])
-            keys = torch.nonzero(torch.as_tensor(pack["label"]))[:, 0]
-            high = seam_cams(model, [torch.as_tensor(x) for x in pack["img"]], size, keys, device, args.amp)
-            pyutils.save_npz(cam_path(args.cam_out_dir, pack["name"]), keys=keys.numpy().astype(np.int64),
-                             high_res=high.cpu().numpy().astype(np.float32))
-    dist.barrier()
+    write_cams(args, model.to(args.device).eval(), seam_cams, "infer_seam")

@@ -131,9 +131,8 @@ def run(args):
     dataset = VOC12ClassificationDatasetMSF(args.train_list, args.voc12_root, args.cls_labels,
                                             scales=tuple(args.cam_scales))
     os.makedirs(args.cam_out_dir, exist_ok=True)
-    todo = [i for i in dist.shard(list(range(len(dataset))))
-            if args.force or not pyutils.is_fresh(cam_path(args.cam_out_dir, dataset.img_name_list[i]),
-                                                  args.cam_weights_name)]
+    todo = dist.pending(dataset.img_name_list, lambda n: cam_path(args.cam_out_dir, n), args.force,
+                        lambda n: (args.cam_weights_name,))
     batch = getattr(args, "cam_infer_batch", None) or default_batch(device)
     pyutils.log(f"make_cam: {len(todo)} of {len(dataset)} images to do, {batch} per forward -> {args.cam_out_dir}")
     loader = DataLoader(dataset, batch_sampler=size_batches(dataset, todo, batch), collate_fn=collate_same_size,

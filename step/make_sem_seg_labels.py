@@ -44,9 +44,8 @@ def run(args):
     def out(name):
         return os.path.join(args.sem_seg_out_dir, name + ".png")
 
-    todo = [i for i in dist.shard(list(range(len(dataset))))
-            if args.force or not pyutils.is_fresh(out(dataset.img_name_list[i]), args.irn_weights_name,
-                                                  cam_path(args.cam_out_dir, dataset.img_name_list[i]))]
+    todo = dist.pending(dataset.img_name_list, out, args.force,
+                        lambda n: (args.irn_weights_name, cam_path(args.cam_out_dir, n)))
     pyutils.log(f"make_sem_seg_labels: {len(todo)} of {len(dataset)} images to do -> {args.sem_seg_out_dir}")
     loader = DataLoader(Subset(dataset, todo), batch_size=None, num_workers=args.num_workers)
     with torch.inference_mode():

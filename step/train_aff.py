@@ -37,9 +37,7 @@ def run(args):
     dataset = VOC12AffDataset(args.train_list, args.la_crf_dir, args.ha_crf_dir, args.aff_crop_size,
                               args.voc12_root, radius=args.aff_radius, color_jitter=jitter, hor_flip=True,
                               seed=args.seed)
-    if len(dataset) < args.aff_batch_size:
-        raise pyutils.UserError(f"{args.train_list} has {len(dataset)} images, fewer than one batch "
-                                f"({args.aff_batch_size}); lower --aff_batch_size")
+    training.require_one_batch(dataset, args.aff_batch_size, args.train_list, "aff_batch_size")
     loader = training.make_loader(dataset, args.aff_batch_size, True, args.seed, args.num_workers, device,
                                   drop_last=True)
     max_step = len(loader) * args.aff_num_epoches

@@ -57,7 +57,7 @@ def validate(model, loader, device, amp):
     drop_last and fewer than one batch of pairs)."""
     model.eval()
     net = training.unwrap(model)  # not through DDP: shards differ in length, DDP's forward may sync buffers
-    total, n = torch.zeros(2, dtype=torch.float64), 0
+    total = torch.zeros(2, dtype=torch.float64)
     with torch.inference_mode(), training.autocast(device, amp):
         for batch in loader:
             img, label = unpack(batch, device)
@@ -109,9 +109,7 @@ def train_classifier(args, train_set, val_set, build_model, desc, val_drop_last=
             from cda.dataset import sample_grid
             sample_grid(train_set, 8, args.cda_samples_path)
             pyutils.log(f"wrote {args.cda_samples_path}")
-    if len(train_set) < batch:
-        raise pyutils.UserError(f"{args.train_list} has {len(train_set)} images, fewer than one batch "
-                                f"({batch}); lower --cam_batch_size")
+    training.require_one_batch(train_set, batch, args.train_list, "cam_batch_size")
     loader = training.make_loader(train_set, batch, True, args.seed, args.num_workers, device, drop_last=True)
     # CDA validates pairs in batches of cam_batch_size / 2 with drop_last, as PSA does; IRNet keeps the last
     # partial batch

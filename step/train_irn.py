@@ -52,9 +52,7 @@ def run(args):
                                    rescale=tuple(args.irn_rescale), hor_flip=True, crop_method="random",
                                    indices_from=path_index.src_indices, indices_to=path_index.dst_indices,
                                    seed=args.seed)
-    if len(dataset) < args.irn_batch_size:
-        raise pyutils.UserError(f"{args.train_list} has {len(dataset)} images, fewer than one batch "
-                                f"({args.irn_batch_size}); lower --irn_batch_size")
+    training.require_one_batch(dataset, args.irn_batch_size, args.train_list, "irn_batch_size")
     loader = training.make_loader(dataset, args.irn_batch_size, True, args.seed, args.num_workers, device,
                                   drop_last=True)
     max_step = len(loader) * args.irn_num_epoches

@@ -47,17 +47,6 @@ LR_DECAY_EVERY = 10  # deeplab-pytorch SOLVER.LR_DECAY: the poly rate is updated
 POLY_POWER = 0.9  # SOLVER.POLY_POWER
 
 
-def _bool(v):
-    if isinstance(v, bool):
-        return v
-    if v.lower() in ("true", "1", "yes"):
-        return True
-    if v.lower() in ("false", "0", "no"):
-        return False
-    import argparse
-    raise argparse.ArgumentTypeError(f"expected True or False, got {v!r}")
-
-
 def add_arguments(group):
     """Every flag of train_seg and eval_seg, with deeplab-pytorch's VOC settings as defaults."""
     g = group
@@ -91,9 +80,9 @@ def add_arguments(group):
                    help="iterations between resume checkpoints (and log lines)")
     g.add_argument("--seg_infer_scales", default=(1.0, 0.5, 0.75), type=float, nargs="+",
                    help="eval_seg input scales, fused by pixel-wise max")
-    g.add_argument("--seg_infer_flip", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+    g.add_argument("--seg_infer_flip", type=pyutils.str2bool, nargs="?", const=True, default=False, metavar="BOOL",
                    help="eval_seg also fuses the mirrored image")
-    g.add_argument("--seg_crf", type=_bool, nargs="?", const=True, default=True, metavar="BOOL",
+    g.add_argument("--seg_crf", type=pyutils.str2bool, nargs="?", const=True, default=True, metavar="BOOL",
                    help="dense CRF on eval_seg's probabilities")
     g.add_argument("--seg_crf_image", default="reference", choices=["reference", "raw"],
                    help="the image the CRF's bilateral kernel sees: reference = deeplab-pytorch main.py's, the BGR "

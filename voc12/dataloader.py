@@ -18,6 +18,16 @@ IMG_FOLDER = "JPEGImages"
 IGNORE = 255
 
 
+def require_per_image(names, path_of, what, fix, listed_in=None):
+    """UserError at the first id whose file path_of(id) is missing:
+    '<what> of id <id> [(listed in <list>)] not found: <path>; <fix>'."""
+    where = f" (listed in {listed_in})" if listed_in else ""
+    for name in names:
+        path = path_of(name)
+        if not os.path.isfile(path):
+            raise UserError(f"{what} of id {name}{where} not found: {path}; {fix}")
+
+
 def load_img_name_list(path):
     """Image ids, one per line (extra columns, as in some VOC lists, are ignored). Given a list or tuple
     of list files, the union in order of first appearance, each id once."""
@@ -80,11 +90,8 @@ class VOC12ImageDataset(_Seeded):
                     "--voc12_root must be a VOC devkit folder (VOCdevkit/VOC2012)")
         self.img_name_list = load_img_name_list(img_name_list_path)
         self.voc12_root = voc12_root
-        for name in self.img_name_list:
-            path = get_img_path(name, voc12_root)
-            if not os.path.isfile(path):
-                raise UserError(f"image of id {name} (listed in {img_name_list_path}) not found: {path}; "
-                                "fix --voc12_root or remove the id from the list")
+        require_per_image(self.img_name_list, lambda n: get_img_path(n, voc12_root), "image",
+                          "fix --voc12_root or remove the id from the list", listed_in=img_name_list_path)
 
     def __len__(self):
         return len(self.img_name_list)
@@ -180,11 +187,8 @@ class VOC12SegmentationDataset(VOC12ImageDataset):
                  hor_flip=False, crop_method="random", seed=0):
         super().__init__(img_name_list_path, voc12_root)
         require_dir(label_dir, "label folder", "run the step that writes the label PNGs first")
-        for name in self.img_name_list:
-            path = os.path.join(label_dir, name + ".png")
-            if not os.path.isfile(path):
-                raise UserError(f"label PNG of id {name} not found: {path}; "
-                                "run the step that writes it, or fix the label folder")
+        require_per_image(self.img_name_list, lambda n: os.path.join(label_dir, n + ".png"), "label PNG",
+                          "run the step that writes it, or fix the label folder")
         self.label_dir = label_dir
         self.crop_size = crop_size
         self.rescale = rescale
@@ -281,10 +285,8 @@ class VOC12AffDataset(VOC12ImageDataset):
             raise ValueError(f"crop_size must be a multiple of {self.stride}, got {crop_size}")
         for crf_dir, what in ((la_crf_dir, "la"), (ha_crf_dir, "ha")):
             require_dir(crf_dir, f"{what} CRF folder", "run the cam_to_crf step first")
-            for name in self.img_name_list:
-                if not os.path.isfile(crf_path(crf_dir, name)):
-                    raise UserError(f"{what} CRF scores of id {name} not found: {crf_path(crf_dir, name)}; "
-                                    "run the cam_to_crf step, or fix the folder")
+            require_per_image(self.img_name_list, lambda n, d=crf_dir: crf_path(d, n), what + " CRF scores",
+                              "run the cam_to_crf step, or fix the folder")
         self.la_crf_dir, self.ha_crf_dir = la_crf_dir, ha_crf_dir
         self.crop_size = crop_size
         self.radius = radius

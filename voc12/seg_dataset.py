@@ -16,7 +16,7 @@ import torch
 
 from misc import imutils
 from misc.pyutils import UserError, require_dir
-from voc12.dataloader import IGNORE, VOC12ImageDataset
+from voc12.dataloader import IGNORE, VOC12ImageDataset, require_per_image
 
 N_LABELS = 21  # background + 20 classes; 255 is ignored
 
@@ -29,11 +29,9 @@ class PseudoMaskStream(VOC12ImageDataset):
         super().__init__(img_name_list_path, voc12_root)
         require_dir(label_dir, "pseudo-mask folder",
                     "run make_sem_seg_labels first, or point --seg_label_dir at a folder of <id>.png masks")
-        for name in self.img_name_list:
-            path = os.path.join(label_dir, name + ".png")
-            if not os.path.isfile(path):
-                raise UserError(f"pseudo mask of id {name} (listed in {img_name_list_path}) not found: {path}; "
-                                "run make_sem_seg_labels for that list, or fix --seg_label_dir / --seg_train_list")
+        require_per_image(self.img_name_list, lambda n: os.path.join(label_dir, n + ".png"), "pseudo mask",
+                          "run make_sem_seg_labels for that list, or fix --seg_label_dir / --seg_train_list",
+                          listed_in=img_name_list_path)
         self.label_dir = label_dir
         self.crop_size = crop_size
         self.scales = tuple(scales)
