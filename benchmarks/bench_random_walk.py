@@ -64,8 +64,10 @@ def child(method, h, w, device, repeats, out_path):
     import torch
     sys.path.insert(0, ROOT)
     from misc import indexing
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import dense_walk  # the dense reference walk
     torch.set_flush_denormal(True)
-    walk = {"dense": indexing.propagate_to_edge_dense, "sparse": indexing.propagate_to_edge}[method]
+    walk = {"dense": dense_walk.propagate_to_edge_dense, "sparse": indexing.propagate_to_edge}[method]
 
     def sync():
         if device == "cuda":

@@ -272,7 +272,7 @@ def fake_cams(cfg, cam_dir):
     """Smooth random CAMs of each image's classes in make_cam's format: background, unsure and
     foreground parts, so both CRFs of an image have work to do."""
     from misc import imutils, pyutils
-    from step.make_cam import cam_path
+    from misc.cams import cam_path
     from voc12.dataloader import load_cls_labels
     labels = load_cls_labels(cfg["cls_labels"])
     rng = np.random.default_rng(0)
@@ -315,10 +315,12 @@ def _import(module):
 def task_random_walk(cfg, variant):
     import torch
     from misc import indexing
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import dense_walk  # the dense reference walk
     method, hw = variant.split()
     h, w = (int(v) for v in hw.split("x"))
     torch.set_flush_denormal(True)
-    walk = {"dense": indexing.propagate_to_edge_dense, "sparse": indexing.propagate_to_edge}[method]
+    walk = {"dense": dense_walk.propagate_to_edge_dense, "sparse": indexing.propagate_to_edge}[method]
     gen = torch.Generator().manual_seed(0)
     dev = cfg["device"]
 
@@ -366,7 +368,7 @@ def task_train(cfg, variant):
     torch.manual_seed(0)
     if step == "train_cam":
         from net import resnet50_cam
-        from step.train_cam import classification_loss as loss_fn
+        from misc.classifier import classification_loss as loss_fn
         ds = VOC12ClassificationDataset(cfg["list"], cfg["devkit"], cfg["cls_labels"], resize_long=(320, 640),
                                         hor_flip=True, crop_size=512, crop_method="random")
         model = resnet50_cam.Net()

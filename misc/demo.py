@@ -60,23 +60,21 @@ def banner(method):
     return BANNER.format(net=NETS[method])
 
 
-def prepare(args):
-    """Write the toy devkit if it is missing and point the list flags at it."""
-    root, toy = TOYS[getattr(args, "method", "irn")]
+def point_at_toy(args):
+    """Point --voc12_root (unless given) and the VOC list flags at the method's toy devkit. Returns the keyword
+    arguments of voc12.synth.write_devkit when the devkit is still to be written, else None."""
+    root, toy = TOYS[args.method]
     if args.voc12_root is None:
         args.voc12_root = root
-    # synth.json is written last: without it our toy devkit is a half-written one (an interrupted first run)
-    # and is written again. Another folder given with --demo only needs its images.
-    done = (os.path.isfile(os.path.join(args.voc12_root, "synth.json")) if args.voc12_root == root
-            else os.path.isdir(os.path.join(args.voc12_root, "JPEGImages")))
-    if not done:
-        from voc12 import synth
-        print(f"writing the toy devkit to {args.voc12_root} ...")
-        synth.write_devkit(args.voc12_root, **toy)
     # the toy's held-out images play VOC's test set: eval_seg writes the evaluation server's layout for them
     for flag, name in (("train_list", "train_aug.txt"), ("val_list", "val.txt"), ("infer_list", "train.txt"),
                        ("cls_labels", "cls_labels.txt"), ("seg_train_list", "train_aug.txt"),
                        ("seg_val_list", "val.txt"), ("seg_test_list", "heldout.txt")):
-        if getattr(args, flag).startswith("voc12/"):  # the VOC lists do not fit the toy devkit
+        value = getattr(args, flag)
+        if value is None or value.startswith("voc12/"):  # the VOC lists do not fit the toy devkit
             setattr(args, flag, os.path.join(args.voc12_root, name))
-
+    # synth.json is written last: without it our toy devkit is a half-written one (an interrupted first run)
+    # and is written again. Another folder given with --demo only needs its images.
+    done = (os.path.isfile(os.path.join(args.voc12_root, "synth.json")) if args.voc12_root == root
+            else os.path.isdir(os.path.join(args.voc12_root, "JPEGImages")))
+    return None if done else toy

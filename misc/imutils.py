@@ -272,45 +272,149 @@ def HWC_to_CHW(img):
 
 
 # ---------------------------------------------------------------- CRF
+# Two backends compute the same dense CRF: "pydensecrf" (the C++ library: CPU, one image per call) and
+# "torch" (misc.densecrf: the same lattice and mean field in tensor operations, on the CPU or a GPU, many
+# images per call). Their marginals agree to about 1e-5 and their labels on practically every pixel
+# (tests/test_densecrf.py). The *_batch functions take lists of images of any sizes; with "torch" they
+# refine them all in one call (on `device`), with "pydensecrf" one after the other.
 
-def crf_inference_label(img, labels, t=10, n_labels=21, gt_prob=0.7):
+CRF_BACKENDS = ("pydensecrf", "torch")
+
+
+def resolve_crf_backend(name, device="cpu"):
+    """The backend that a --crf_backend value means on `device`: 'auto' is torch on a GPU, else pydensecrf."""
+    if name == "auto":
+        return "torch" if str(device).startswith("cuda") else "pydensecrf"
+    if name not in CRF_BACKENDS:
+        raise UserError(f"unknown CRF backend {name!r}; use one of {', '.join(CRF_BACKENDS + ('auto',))}")
+    return name
+
+
+def _crf_terms(gauss_sxy, gauss_compat, bi_sxy, bi_srgb, bi_compat):
+    return dict(gaussian=dict(sxy=gauss_sxy, compat=gauss_compat),
+                bilateral=dict(sxy=bi_sxy, srgb=bi_srgb, compat=bi_compat))
+
+
+# IRNet's settings on label maps, PSA's on scores (tool/imutils.py of each reference)
+LABEL_CRF = _crf_terms(3, 3, 50, 5, 10)
+
+
+def _psa_crf(scale_factor):
+    return _crf_terms(3 / scale_factor, 3, 80 / scale_factor, 13, 10)
+
+
+def _pydensecrf(img, unary, t, gaussian, bilateral):
+    """Marginals (C, H, W) float32 of pydensecrf's DenseCRF2D; unary: (C, H*W) float32 energies."""
+    import pydensecrf.densecrf as dcrf
+
+    h, w = img.shape[:2]
+    c = unary.shape[0]
+    d = dcrf.DenseCRF2D(w, h, c)
+    d.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    d.addPairwiseGaussian(sxy=gaussian["sxy"], compat=gaussian["compat"])
+    d.addPairwiseBilateral(sxy=bilateral["sxy"], srgb=bilateral["srgb"], rgbim=np.ascontiguousarray(img),
+                           compat=bilateral["compat"])
+    return np.asarray(d.inference(t), dtype=np.float32).reshape(c, h, w)
+
+
+def _as_list(value, n, what):
+    """A per-image value: one for all images, or a sequence of n."""
+    if np.isscalar(value):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"{what}: {len(value)} values for {n} images")
+    return value
+
+
+def _check_backend(backend, n_imgs, n_other, what):
+    if backend not in CRF_BACKENDS:
+        raise ValueError(f"unknown CRF backend {backend!r}; use one of {CRF_BACKENDS}")
+    if n_imgs != n_other:
+        raise ValueError(f"dense CRF: {n_imgs} images and {n_other} {what}")
+
+
+def crf_inference_label_batch(imgs, labels_list, t=10, n_labels=21, gt_prob=0.7, backend="pydensecrf",
+                              device=None):
+    """crf_inference_label of each (image, label map) pair: a list of (H, W) int64 label maps.
+
+    n_labels: one number for all images or one per image."""
+    from misc import densecrf
+
+    _check_backend(backend, len(imgs), len(labels_list), "label maps")
+    n_labels = _as_list(n_labels, len(imgs), "n_labels")
+    labels_list = [x if hasattr(x, "shape") else np.asarray(x) for x in labels_list]
+    for img, labels, n in zip(imgs, labels_list, n_labels):
+        densecrf.check_labels(labels, densecrf.check_image(img), n, gt_prob)
+    if backend == "pydensecrf":
+        from pydensecrf.utils import unary_from_labels
+        out = []
+        for img, labels, n in zip(imgs, labels_list, n_labels):
+            unary = unary_from_labels(np.asarray(labels).astype(np.int64), n, gt_prob=gt_prob, zero_unsure=False)
+            out.append(np.argmax(_pydensecrf(img, unary, t, **LABEL_CRF), axis=0))
+        return out
+    unaries = [densecrf.unary_from_labels(labels, n, gt_prob, device) for labels, n in zip(labels_list, n_labels)]
+    qs = densecrf.dense_crf_batch(imgs, unaries, t, device=device, **LABEL_CRF)
+    return [q.argmax(0).cpu().numpy() for q in qs]
+
+
+def crf_inference_label(img, labels, t=10, n_labels=21, gt_prob=0.7, backend="pydensecrf", device=None):
     """Refine a hard label map (values 0..n_labels-1) with a dense CRF on the RGB image.
 
     The labels are trusted with probability gt_prob; a small Gaussian kernel smooths and a wide
     colour-sensitive bilateral kernel snaps regions to image edges (IRNet's settings).
     """
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_labels
-
-    h, w = img.shape[:2]
-    labels = np.asarray(labels)
-    if labels.shape != (h, w):
-        raise ValueError(f"labels {labels.shape} do not match image {img.shape[:2]}")
-    d = dcrf.DenseCRF2D(w, h, n_labels)
-    d.setUnaryEnergy(unary_from_labels(labels.astype(np.int64), n_labels, gt_prob=gt_prob, zero_unsure=False))
-    d.addPairwiseGaussian(sxy=3, compat=3)
-    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(img, dtype=np.uint8), compat=10)
-    q = np.asarray(d.inference(t)).reshape(n_labels, h, w)
-    return np.argmax(q, axis=0)
+    return crf_inference_label_batch([img], [labels], t, n_labels, gt_prob, backend, device)[0]
 
 
-def crf_inference(img, probs, t=10, scale_factor=1, labels=21):
+def _softmax_crf_batch(imgs, probs_list, t, terms, backend, device):
+    """Marginals (C, H, W) float32 of CRFs on softmax probabilities (unary -log(clip(probs, 1e-5, 1)))."""
+    from misc import densecrf
+
+    _check_backend(backend, len(imgs), len(probs_list), "score maps")
+    probs_list = [p if hasattr(p, "shape") else np.asarray(p) for p in probs_list]
+    for img, probs in zip(imgs, probs_list):
+        densecrf.check_scores(probs, densecrf.check_image(img), "probabilities")
+    if backend == "pydensecrf":
+        from pydensecrf.utils import unary_from_softmax
+        return [_pydensecrf(img, unary_from_softmax(probs), t, **terms) for img, probs in zip(imgs, probs_list)]
+    unaries = [densecrf.unary_from_softmax(probs, device=device) for probs in probs_list]
+    return [q.cpu().numpy() for q in densecrf.dense_crf_batch(imgs, unaries, t, device=device, **terms)]
+
+
+def dense_crf_batch(imgs, probs_list, t=10, gauss_sxy=1, gauss_compat=3, bi_sxy=67, bi_srgb=3, bi_compat=4,
+                    backend="pydensecrf", device=None):
+    """dense_crf of each (image, probabilities) pair: a list of (C, H, W) float32 marginals."""
+    return _softmax_crf_batch(imgs, probs_list, t, _crf_terms(gauss_sxy, gauss_compat, bi_sxy, bi_srgb, bi_compat),
+                              backend, device)
+
+
+def dense_crf(img, probs, t=10, gauss_sxy=1, gauss_compat=3, bi_sxy=67, bi_srgb=3, bi_compat=4,
+              backend="pydensecrf", device=None):
+    """Mean-field marginals (C, H, W) float32 of a dense CRF on softmax probabilities (C, H, W) and a uint8
+    (H, W, 3) image: unary -log(clip(probs, 1e-5, 1)), a Gaussian term (gauss_sxy, gauss_compat) and a
+    bilateral one (bi_sxy, bi_srgb, bi_compat), t iterations. The defaults are deeplab-pytorch's
+    (configs/voc12.yaml: pos_xy_std 1, pos_w 3, bi_xy_std 67, bi_rgb_std 3, bi_w 4, iter_max 10)."""
+    return dense_crf_batch([img], [probs], t, gauss_sxy, gauss_compat, bi_sxy, bi_srgb, bi_compat, backend,
+                           device)[0]
+
+
+def crf_inference_batch(imgs, probs_list, t=10, scale_factor=1, backend="pydensecrf", device=None):
+    """crf_inference of each (image, scores) pair: a list of (C, H, W) float32 marginals."""
+    return _softmax_crf_batch(imgs, probs_list, t, _psa_crf(scale_factor), backend, device)
+
+
+def crf_inference(img, probs, t=10, scale_factor=1, labels=21, backend="pydensecrf", device=None):
     """PSA's dense CRF on score maps: (labels, H, W) float32 marginals after t mean-field steps.
 
     probs: (labels, H, W) scores, used as a softmax output (unary -log(clip(probs, 1e-5, 1)), whether or
     not they sum to 1); a Gaussian kernel (sxy 3 / scale_factor, compat 3) and a bilateral one
     (sxy 80 / scale_factor, srgb 13, compat 10) on the uint8 RGB image (PSA's tool/imutils.py settings).
     """
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
-
-    h, w = img.shape[:2]
-    d = dcrf.DenseCRF2D(w, h, labels)
-    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
-    d.addPairwiseGaussian(sxy=3 / scale_factor, compat=3)
-    d.addPairwiseBilateral(sxy=80 / scale_factor, srgb=13, rgbim=np.ascontiguousarray(img, dtype=np.uint8),
-                           compat=10)
-    return np.array(d.inference(t)).reshape((labels, h, w))
+    if len(probs) != labels:
+        from misc.densecrf import CRFInputError
+        raise CRFInputError(f"dense CRF: probs have {len(probs)} labels, expected {labels}")
+    return crf_inference_batch([img], [probs], t, scale_factor, backend, device)[0]
 
 
 def bg_argmax(maps, bg_score):

@@ -135,58 +135,11 @@ def affinity_labels(segm_label, indices_from, indices_to):
     return tuple(torch.from_numpy(a.astype(np.float32)) for a in (bg_pos, fg_pos, neg))
 
 
-def affinity_sparse2dense(affinity_sparse, ind_from, ind_to, n_vertices):
-    """Dense symmetric (n, n) affinity with ones on the diagonal, on the device of the input."""
-    aff = affinity_sparse.reshape(-1)
-    ind_from = torch.as_tensor(ind_from, device=aff.device).reshape(1, -1)
-    ind_to = torch.as_tensor(ind_to, device=aff.device)
-    ind_from = ind_from.expand_as(ind_to).reshape(-1)
-    ind_to = ind_to.reshape(-1)
-    diag = torch.arange(n_vertices, device=aff.device)
-    rows = torch.cat([ind_from, diag, ind_to])
-    cols = torch.cat([ind_to, diag, ind_from])
-    vals = torch.cat([aff, torch.ones(n_vertices, dtype=aff.dtype, device=aff.device), aff])
-    dense = torch.zeros(n_vertices, n_vertices, dtype=aff.dtype, device=aff.device)
-    dense.index_put_((rows, cols), vals, accumulate=True)  # sums duplicates, as a sparse->dense would
-    return dense
-
-
-def to_transition_matrix(affinity_dense, beta, times):
-    """aff^beta normalised so each column sums to 1, then squared `times` times (T^(2^times))."""
-    scaled = torch.pow(affinity_dense, beta)
-    trans = scaled / scaled.sum(dim=0, keepdim=True)
-    for _ in range(times):
-        trans = trans @ trans
-    return trans
-
-
 def _edge_grid(x, edge, dtype=None):
     height, width = x.shape[-2:]
     if edge.numel() != height * width:
         raise ValueError(f"edge has {tuple(edge.shape)}, expected {height}x{width} values")
     return edge.reshape(1, height, width).to(dtype or x.dtype)
-
-
-def propagate_to_edge_dense(x, edge, radius=5, beta=10, exp_times=8):
-    """Reference random walk: dense n x n transition matrix squared exp_times times.
-
-    O(n^3) time, several n x n matrices: only for tests and benchmarks.
-    x: (K, h, w) CAMs, edge: (1, h, w) boundary probability. Returns (K, 1, h, w).
-    """
-    height, width = x.shape[-2:]
-    edge = _edge_grid(x, edge)
-    # pad so every in-image pixel can be a source; the padding never lies on an in-image pair's path
-    pad_h, pad_w = height + radius, width + 2 * radius
-    path_index = PathIndex(radius=radius, default_size=(pad_h, pad_w))
-    edge_padded = F.pad(edge, (radius, radius, 0, radius), mode="constant", value=1.0)
-    aff = edge_to_affinity(edge_padded[None], path_index.path_indices)
-    dense = affinity_sparse2dense(aff, path_index.src_indices, path_index.dst_indices, pad_h * pad_w)
-    dense = dense.view(pad_h, pad_w, pad_h, pad_w)[:-radius, radius:-radius, :-radius, radius:-radius]
-    dense = dense.reshape(height * width, height * width)
-    trans = to_transition_matrix(dense, beta=beta, times=exp_times)
-    x = x.reshape(-1, height, width) * (1 - edge)
-    rw = x.reshape(-1, height * width) @ trans
-    return rw.view(rw.size(0), 1, height, width)
 
 
 def pair_transition(weights, directions, valid=None):
@@ -260,7 +213,7 @@ def path_affinity(edge, radius=5):
 
 def sparse_transition(edge, radius=5, beta=10):
     """IRNet's one-step operator on an (h, w) grid: pair weights aff^beta for every pair inside the grid
-    (the padding trick of propagate_to_edge_dense: every in-image pixel is a source). See pair_transition."""
+    (the padding trick of the dense reference walk, tests/dense_walk.py: every in-image pixel is a source). See pair_transition."""
     aff, directions = path_affinity(edge, radius)
     return pair_transition(torch.pow(aff, beta), directions)
 
@@ -348,7 +301,7 @@ def propagate_to_edge(x, edge, radius=5, beta=10, exp_times=8, walk_dtype=torch.
 
     x: (K, h, w) CAMs at stride 4, edge: (1, h, w) boundary probability in [0, 1].
     Returns (K, 1, h, w), dtype and device of x: x * (1 - edge) times T^(2^exp_times).
-    Same result as propagate_to_edge_dense, but T is applied 2^exp_times times as a sparse matrix
+    Same result as the dense reference walk (tests/dense_walk.py), but T is applied 2^exp_times times as a sparse matrix
     (69 entries per row for radius 5): O(n) memory, O(n * 2^exp_times) time.
     The walk runs in `walk_dtype`: in float32 the rounding of 256 successive sparse products adds up
     to ~1e-4 of the maximum, in float64 it is ~1e-7, and this product is memory-bound, so it costs

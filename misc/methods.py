@@ -1,7 +1,8 @@
 """The first-round methods of the CDA table: their step lists, flag defaults and paper numbers.
 
 `run_sample.py --method NAME` runs STEPS[NAME] as stage I, then make_instance_pool and the same steps with
-CDA pairs as stage II. DEFAULTS[NAME] is applied to the parser before parsing, so explicit flags still win.
+CDA pairs as stage II (misc/stages.py). DEFAULTS[NAME] and OUTPUTS[NAME] (the method's file names in each
+stage) are applied to the parser before parsing (misc/config.py), so explicit flags still win.
 A step that differs per method is its own module; nothing else in the code asks which method runs.
 """
 
@@ -24,16 +25,20 @@ DEFAULTS = {
         backbone_weights="imagenet", cam_crop_size=448, cam_resize_long=(256.0, 512.0),
         cam_color_jitter=(0.3, 0.3, 0.3, 0.1), cam_batch_size=16, cam_num_epoches=15, cam_learning_rate=0.1,
         cam_weight_decay=5e-4, cam_val_crop="center", cam_val_crop_size=500, cam_scales=(1.0, 0.5, 1.5, 2.0),
-        cam_eval_thres=0.2, low_alpha=4, high_alpha=32, alpha=16, beta=8, exp_times=8,
-        cam_weights_name="sess/res38_cls.pth", cam_aug_weights_name="sess/res38_cls_aug.pth"),
+        cam_eval_thres=0.2, low_alpha=4, high_alpha=32, alpha=16, beta=8, exp_times=8),
     "seam": dict(
         backbone_weights="imagenet", cam_crop_size=448, cam_resize_long=(448.0, 768.0),
         cam_color_jitter=(0.3, 0.3, 0.3, 0.1), cam_batch_size=8, cam_num_epoches=8, cam_learning_rate=0.01,
         cam_weight_decay=5e-4, cam_val_crop="none", cam_scales=(0.5, 1.0, 1.5, 2.0), cam_eval_thres=0.26,
         cam_eval_curve=True, low_alpha=4, high_alpha=24, aff_learning_rate=0.01, aff_seam_radius=True,
-        alpha=6, beta=8, exp_times=6, cam_weights_name="sess/resnet38_SEAM.pth",
-        cam_aug_weights_name="sess/resnet38_SEAM_aug.pth", aff_weights_name="sess/resnet38_aff.pth",
-        aff_aug_weights_name="sess/resnet38_aff_aug.pth"),
+        alpha=6, beta=8, exp_times=6),
+}
+# The method's file names, per stage (stage I, stage II), keyed by the stage I flag (misc/stages.OUTPUTS)
+OUTPUTS = {
+    "irn": {},
+    "psa": {"cam_weights_name": ("sess/res38_cls.pth", "sess/res38_cls_aug.pth")},
+    "seam": {"cam_weights_name": ("sess/resnet38_SEAM.pth", "sess/resnet38_SEAM_aug.pth"),
+             "aff_weights_name": ("sess/resnet38_aff.pth", "sess/resnet38_aff_aug.pth")},
 }
 
 # VOC 2012 train mIoU % (CDA README; PSA's 59.7 and SEAM's 55.4 / 63.6 are the CDA paper's baselines)
@@ -43,12 +48,3 @@ PAPER = {
     "seam": {"stage1": {"cam": 55.4, "sem_seg": 63.6}, "stage2": {"cam": 58.4, "sem_seg": 66.4}},
 }
 
-
-def method_from_argv(argv, default="irn"):
-    """The value of --method in argv (before the full parse, to pick the defaults)."""
-    for i, a in enumerate(argv):
-        if a == "--method" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--method="):
-            return a.split("=", 1)[1]
-    return default

@@ -2,18 +2,16 @@
 import numpy as np
 
 from misc import pyutils
-from voc12 import CAT_LIST
-
-VOC_NAMES = ["background"] + list(CAT_LIST)
-N_CLASSES = 21
 
 
 class ConfusionMatrix:
-    """Accumulates a 21x21 matrix: rows ground truth, columns prediction; gt 255 is ignored."""
+    """Accumulates an n x n matrix over the segmentation labels (`class_names`, background first): rows ground
+    truth, columns prediction; gt 255 is ignored."""
 
-    def __init__(self, n=N_CLASSES):
-        self.n = n
-        self.mat = np.zeros((n, n), dtype=np.int64)
+    def __init__(self, class_names):
+        self.names = list(class_names)
+        self.n = len(self.names)
+        self.mat = np.zeros((self.n, self.n), dtype=np.int64)
 
     def update(self, gt, pred, name=""):
         if gt.shape != pred.shape:
@@ -39,7 +37,7 @@ class ConfusionMatrix:
     def as_dict(self):
         iou = self.iou()
         return {"miou": self.miou(),
-                "iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(VOC_NAMES, iou)}}
+                "iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(self.names, iou)}}
 
 
 def format_iou_table(result, title):

@@ -1,5 +1,6 @@
 """Small shared utilities: user errors, atomic file writes, safe array files, logging, timers."""
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -56,23 +57,95 @@ def require_dir(path, what, hint=""):
         raise UserError(f"{what} not found: {path}" + (f"; {hint}" if hint else ""))
 
 
+def free_bytes(path):
+    """Bytes an unprivileged write may still take on the file system that holds `path` (or, for a path not
+    made yet, its nearest existing parent folder)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def format_bytes(n):
+    for unit, size in (("GB", 2 ** 30), ("MB", 2 ** 20), ("kB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# torch.save to a file name fails in C++ with a RuntimeError that has lost the errno; a write that failed with
+# less than this left on the disk is taken for a full disk
+NEARLY_FULL = 2 ** 20
+RERUN = ("then rerun the same command (per-image steps go on with the images not done yet; a training goes on "
+         "from its last checkpoint with --resume)")
+
+
+def disk_full_cause(err):
+    """The OSError of a full disk or an exceeded quota that `err` is or was raised from, else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def disk_full_error(directory, err=None):
+    """The UserError of a write into `directory` that found no space left (or the quota used up): one line with
+    the folder, the space left there and what to do."""
+    quota = err is not None and err.errno == errno.EDQUOT
+    try:
+        free = f"{format_bytes(free_bytes(directory))} free there"
+    except OSError:
+        free = "free space unknown"
+    what, fix = (("disk quota exceeded", "free space or raise the quota") if quota else
+                 ("no space left on the disk", "free space on that disk"))
+    return UserError(f"{what} while writing into {directory} ({free}): {fix}, {RERUN}")
+
+
+def require_free_space(path, need_bytes, what):
+    """UserError unless the disk of `path` (a folder or file, made yet or not) has need_bytes free: for a check
+    before a step that writes that much."""
+    free = free_bytes(path)
+    if free < need_bytes:
+        raise UserError(f"{what} needs about {format_bytes(need_bytes)} in {path}, {format_bytes(free)} free "
+                        f"there: free space on that disk (or write elsewhere), {RERUN}")
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds.
 
-    An interrupted write never leaves a half file under the final name.
+    An interrupted write never leaves a half file under the final name, nor a temporary one. A write that
+    fails for want of space (ENOSPC, EDQUOT, or a writer's error with the disk all but full) becomes a
+    UserError naming the folder, the space left and what to do.
     """
     directory = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(directory, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=directory)
-    os.close(fd)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        base, ext = os.path.splitext(os.path.basename(path))
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=directory)
+        os.close(fd)
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise disk_full_error(directory, e) from e
+        raise
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        cause = disk_full_cause(e)
+        full = cause is not None
+        if not full and isinstance(e, (RuntimeError, OSError)):
+            with contextlib.suppress(OSError):
+                full = free_bytes(directory) < NEARLY_FULL  # measured before the temporary file goes
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if full:
+            raise disk_full_error(directory, cause) from e
         raise
 
 
@@ -123,6 +196,15 @@ def save_npz(path, **arrays):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+
+
+def save_torch(path, obj):
+    """torch.save(obj), atomically. Through a Python file object: torch's own file writer reports a full disk as
+    a RuntimeError without its errno."""
+    import torch
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
 
 
 def load_npz(path, keys=()):
@@ -193,3 +275,27 @@ def is_fresh(out_path, *deps):
         return False
     t = os.path.getmtime(out_path)
     return all(t >= os.path.getmtime(d) for d in deps if d and os.path.exists(d))
+
+
+def require_range(args, names, at_least=None, positive=False, unit=False):
+    """UserError for the first flag of `names` (a number or a list of numbers) out of its range: below
+    at_least, not positive, or outside [0, 1]."""
+    for name in names:
+        v = getattr(args, name)
+        values = list(v) if isinstance(v, (list, tuple)) else [v]
+        if at_least == 0 and min(values) < 0:
+            raise UserError(f"--{name} must not be negative, got {v}")
+        if at_least and min(values) < at_least:
+            raise UserError(f"--{name} must be at least {at_least}, got {v}")
+        if positive and (not values or min(values) <= 0):
+            raise UserError(f"--{name} must be positive, got {v}")
+        if unit and not all(0 <= x <= 1 for x in values):
+            raise UserError(f"--{name} must be within [0, 1], got {v}")
+
+
+def require_ordered(args, names):
+    """UserError for the first MIN MAX flag of `names` whose MIN exceeds its MAX."""
+    for name in names:
+        lo, hi = getattr(args, name)
+        if lo > hi:
+            raise UserError(f"--{name} MIN MAX: MIN must not exceed MAX, got {lo} {hi}")

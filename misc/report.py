@@ -11,9 +11,9 @@ import os
 import numpy as np
 from PIL import Image
 
-from misc import imutils, metrics, pyutils
+from misc import imutils, pyutils, stages
 
-STAGES = (("stage1", "stage I"), ("stage2", "stage II (+CDA)"))
+STAGES = tuple((s.name, s.label + (" (+CDA)" if s.cda else "")) for s in stages.STAGES)
 
 
 def heatmap(x):
@@ -83,7 +83,8 @@ def per_class_section(results):
     what = {"cam": "CAM", "sem_seg": "mask", "seg": "segmentation (val)"}
     head = "".join(f"<th>{dict(STAGES)[s]}<br>{what[m]}</th>" for s, m in cols)
     rows = []
-    for name in metrics.VOC_NAMES:
+    names = dict.fromkeys(n for s, m in cols for n in results.get(s, {}).get(m, {}).get("iou", {}))
+    for name in names:
         values = [results.get(s, {}).get(m, {}).get("iou", {}).get(name) for s, m in cols]
         if all(v is None for v in values):
             continue  # a class in neither ground truth nor prediction (e.g. not in the toy devkit)
@@ -107,17 +108,15 @@ def timing_section(results):
 
 def pictures_section(args, names, width=200):
     """Per image: image, ground truth, CAMs of both stages, pseudo masks of both stages."""
-    cols = [("image", None), ("ground truth", None), ("CAM, stage I", args.cam_out_dir),
-            ("CAM, stage II", args.cam_aug_out_dir), ("mask, stage I", args.sem_seg_out_dir),
-            ("mask, stage II", args.sem_seg_aug_out_dir)]
+    cam_dirs = [(f"CAM, {s.label}", stages.output(args, s, "cam_out_dir")) for s in stages.STAGES]
+    mask_dirs = [(f"mask, {s.label}", stages.output(args, s, "sem_seg_out_dir")) for s in stages.STAGES]
+    cols = [("image", None), ("ground truth", None)] + cam_dirs + mask_dirs
     rows = []
     for name in names:
         img = imutils.read_image(os.path.join(args.voc12_root, "JPEGImages", name + ".jpg"))
-        panels = [img, mask_image(os.path.join(args.voc12_root, "SegmentationClass", name + ".png")),
-                  cam_overlay(img, os.path.join(args.cam_out_dir, name + ".npz")),
-                  cam_overlay(img, os.path.join(args.cam_aug_out_dir, name + ".npz")),
-                  mask_image(os.path.join(args.sem_seg_out_dir, name + ".png")),
-                  mask_image(os.path.join(args.sem_seg_aug_out_dir, name + ".png"))]
+        panels = [img, mask_image(os.path.join(args.voc12_root, "SegmentationClass", name + ".png"))]
+        panels += [cam_overlay(img, os.path.join(d, name + ".npz")) for _, d in cam_dirs]
+        panels += [mask_image(os.path.join(d, name + ".png")) for _, d in mask_dirs]
         cells = "".join(f"<td><img src='{data_uri(p, width)}'></td>" if p is not None else "<td>-</td>"
                         for p in panels)
         rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
@@ -128,9 +127,9 @@ def pictures_section(args, names, width=200):
 def seg_pictures_section(args, width=200, num_pictures=6):
     """Validation images: ground truth, the pseudo masks' segmentation network of each stage."""
     names = []
-    if os.path.isfile(getattr(args, "seg_val_list", "") or ""):
+    if os.path.isfile(args.seg_val_list):
         names = [n for n in open(args.seg_val_list).read().split()][:num_pictures]
-    dirs = [("stage I", getattr(args, "seg_out_dir", "")), ("stage II", getattr(args, "seg_aug_out_dir", ""))]
+    dirs = [(s.label, stages.output(args, s, "seg_out_dir")) for s in stages.STAGES]
     if not any(os.path.isfile(os.path.join(d, n + ".png")) for _, d in dirs for n in names):
         return ""
     rows = []
@@ -151,7 +150,7 @@ def write_report(args, path, title, note="", num_pictures=6):
     eval_list = os.path.join(args.voc12_root, "ImageSets", "Segmentation", args.chainer_eval_set + ".txt")
     names = [n for n in open(eval_list).read().split()][:num_pictures] if os.path.isfile(eval_list) else []
     parts = [f"<h1>{html.escape(title)}</h1>", f"<p class=note>{html.escape(note)}</p>" if note else "",
-             results_section(results, getattr(args, "method", "irn")), per_class_section(results), timing_section(results),
+             results_section(results, args.method), per_class_section(results), timing_section(results),
              pictures_section(args, names), seg_pictures_section(args, num_pictures=num_pictures)]
     for label, p in (("Instance pool (stage I pseudo masks, one row per class)",
                       os.path.join(args.pool_dir, "preview.png")),

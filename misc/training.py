@@ -187,13 +187,50 @@ def load_checkpoint(path, model, optimizer):
     return epoch
 
 
+def split_batch(batch, parts):
+    """A collated batch (a dict of tensors and lists, or a tensor) as `parts` consecutive equal slices."""
+    if isinstance(batch, dict):
+        split = {k: split_batch(v, parts) for k, v in batch.items()}
+        return [{k: split[k][i] for k in batch} for i in range(parts)]
+    if len(batch) % parts:
+        raise ValueError(f"a batch of {len(batch)} items does not split into {parts} equal micro-batches")
+    size = len(batch) // parts
+    return [batch[i * size:(i + 1) * size] for i in range(parts)]
+
+
+def accumulate_gradients(model, batch, loss_fn, micro_batches, device, amp=False):
+    """Forward and backward `batch` as `micro_batches` consecutive slices, one after the other, adding up
+    their gradients: only one slice's activations are alive at a time. loss_fn(model, part) returns that
+    part's share of the step's loss (deeplab-pytorch divides each by its ITER_SIZE). Under DDP the gradients
+    are averaged over processes once, with the last slice's backward (no_sync on the others), as one step.
+    Returns (the summed loss as a float, the parts' logs summed key by key)."""
+    parts = [batch] if micro_batches == 1 else split_batch(batch, micro_batches)
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    total, logs = 0.0, {}
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        with contextlib.nullcontext() if last or not ddp else model.no_sync():
+            with autocast(device, amp):
+                loss, part_logs = loss_fn(model, part)
+            loss.backward()
+        total += loss.item()
+        for k, v in part_logs.items():
+            logs[k] = logs.get(k, 0.0) + v
+    return total, logs
+
+
 def fit(model, loader, optimizer, loss_fn, epochs, weights_path, device, amp=False, resume=False,
-        desc="train", after_epoch=None):
+        desc="train", after_epoch=None, micro_batches=1):
     """Run `epochs` epochs of `loss_fn(model, batch) -> (loss, {name: float})`.
 
     Data randomness is a function of (seed, epoch, index) and the shuffle of (seed, epoch), so a run resumed
     from the checkpoint of epoch k reproduces the uninterrupted run exactly. Returns the number of epochs run:
     0 when resuming found every epoch done.
+
+    micro_batches k > 1 is gradient accumulation (accumulate_gradients): each of this process's batches goes
+    through the network as k forward/backward passes of a k-th of it, then one optimiser step; loss_fn is
+    called per micro-batch and returns its share of the step's loss, and the logged values are the sums over
+    the micro-batches.
     """
     ckpt = checkpoint_path(weights_path)
     start = 0
@@ -209,15 +246,13 @@ def fit(model, loader, optimizer, loss_fn, epochs, weights_path, device, amp=Fal
         bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not dist.is_main(),
                    dynamic_ncols=True)
         for batch in bar:
-            with autocast(device, amp):
-                loss, logs = loss_fn(model, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, logs = accumulate_gradients(model, batch, loss_fn, micro_batches, device, amp)
             optimizer.step()
             n += 1
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}")
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}")
         # over every process: keys starting with "n_" are counts (summed), the rest per-step means
         keys = list(sums)  # same keys in the same order on every rank: the same loss_fn made them
         totals = dist.all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()
@@ -251,3 +286,11 @@ def save_weights(path, model):
         with pyutils.atomic_path(path) as tmp:
             torch.save(unwrap(model).state_dict(), tmp)
     dist.barrier()
+
+
+def require_global_batch(args, flag, training_stages):
+    """Under torchrun a batch flag is the global batch, split evenly over the processes."""
+    world = dist.world_size()
+    if training_stages and getattr(args, flag) % world:
+        raise pyutils.UserError(f"--{flag} {getattr(args, flag)} is the global batch of {world} processes: "
+                                f"make it a multiple of {world}")

@@ -15,50 +15,41 @@ args read: train_list, voc12_root, cls_labels, cam_out_dir, la_crf_dir, ha_crf_d
 file, made with another alpha, or with --force. Under torchrun each process takes every world_size-th image.
 """
 import functools
-import multiprocessing
 import os
 
 import numpy as np
-from tqdm import tqdm
 
-from misc import dist, imutils, pyutils
-from step.make_cam import cam_path
+from misc import dist, imutils, perimage, pyutils
+from misc.cams import cam_path, load_cam_scores
 from voc12 import N_CAT
-from voc12.dataloader import crf_path, load_cls_labels, load_img_name_list
+from voc12.dataloader import crf_path, get_img_path, load_cls_labels, load_img_name_list
 
 
-def crf_scores(img, high_res, alpha):
-    """CRF marginals (1 + K, H, W) float32 of [(1 - max_c cam) ** alpha; cams] (PSA's _crf_with_alpha).
+def crf_scores_batch(imgs, high_res_list, alphas, backend="pydensecrf", device=None):
+    """CRF marginals (1 + K, H, W) float32 of [(1 - max_c cam) ** alpha; cams] (PSA's _crf_with_alpha) for each
+    (image, CAMs, alpha); the CRFs in one batch with the torch backend.
 
-    img: uint8 (H, W, 3); high_res: float32 (K, H, W), the CAMs of the image's classes in ascending order.
+    imgs: uint8 (H, W, 3); high_res: float32 (K, H, W), the CAMs of the image's classes in ascending order.
     The scores are not normalised to a distribution, as in the reference. Without classes the only label
     is the background and its marginal is 1 (the reference has no such image; its max would fail)."""
-    high_res = np.asarray(high_res, dtype=np.float32)
-    if high_res.shape[0] == 0:
-        return np.ones((1,) + high_res.shape[1:], np.float32)
-    bg = np.power(1 - np.max(high_res, axis=0, keepdims=True), alpha)
-    scores = np.concatenate((bg, high_res), axis=0)
-    return imutils.crf_inference(img, scores, labels=scores.shape[0])
+    out, todo = [], []
+    for img, high_res, alpha in zip(imgs, high_res_list, alphas):
+        high_res = np.asarray(high_res, dtype=np.float32)
+        if high_res.shape[0] == 0:
+            out.append(np.ones((1,) + high_res.shape[1:], np.float32))
+            continue
+        bg = np.power(1 - np.max(high_res, axis=0, keepdims=True), alpha)
+        todo.append((len(out), img, np.concatenate((bg, high_res), axis=0)))
+        out.append(None)
+    done = imutils.crf_inference_batch([img for _, img, _ in todo], [s for _, _, s in todo], backend=backend,
+                                       device=device)
+    for (i, _, _), q in zip(todo, done):
+        out[i] = q
+    return out
 
 
-def load_cam_scores(cam_dir, name, size, keys=None):
-    """(keys, high_res) of one CAM file, checked: maps of `size` (H, W), one per key, and, given `keys`
-    (the image's 0-based classes from the label file), those classes. A file that fails is a UserError."""
-    path = cam_path(cam_dir, name)
-    pyutils.require_file(path, "CAM file", "run the CAM step first (make_cam or infer_cls)")
-    d = pyutils.load_npz(path, keys=("keys", "high_res"))
-    k, high = d["keys"], d["high_res"]
-    if not (k.ndim == 1 and k.dtype.kind in "iu" and high.ndim == 3 and high.shape[0] == k.size
-            and ((k >= 0) & (k < N_CAT)).all()):
-        raise pyutils.UserError(f"{path} is not a CAM file (keys {k.tolist()[:25]}, high_res {high.shape}); "
-                                "delete it and rerun the CAM step")
-    if high.shape[1:] != tuple(size):
-        raise pyutils.UserError(f"{path} does not fit {name}, a {size[1]}x{size[0]} image: its high_res is "
-                                f"{high.shape[2]}x{high.shape[1]}; rerun the CAM step with --force")
-    if keys is not None and not np.array_equal(k, np.asarray(keys).reshape(-1)):
-        raise pyutils.UserError(f"{path} holds the CAMs of classes {k.tolist()}, but {name} has classes "
-                                f"{np.asarray(keys).reshape(-1).tolist()}; rerun the CAM step with --force")
-    return k.astype(np.int64), high
+def crf_scores(img, high_res, alpha, backend="pydensecrf", device=None):
+    return crf_scores_batch([img], [high_res], [alpha], backend, device)[0]
 
 
 def _is_done(path, cam_file, alpha):
@@ -71,15 +62,31 @@ def _is_done(path, cam_file, alpha):
         return False
 
 
-def _one(job, args):
-    name, keys, outs = job  # outs: (folder, alpha) pairs still to write for this image
-    img = imutils.read_image(os.path.join(args.voc12_root, "JPEGImages", name + ".jpg"))
-    k, high = load_cam_scores(args.cam_out_dir, name, img.shape[:2], keys)
-    labels = np.concatenate([[0], k + 1]).astype(np.int64)
-    for out_dir, alpha in outs:
-        pyutils.save_npz(crf_path(out_dir, name), keys=labels, crf=crf_scores(img, high, alpha).astype(np.float32),
+def _chunk(jobs, args):
+    """The la/ha maps of a few images (one with pydensecrf, --crf_batch with the torch CRF); returns how many."""
+    imgs, highs, labels = [], [], []
+    for name, keys, _ in jobs:  # keys: the image's classes from the label file, which its CAM file must hold
+        imgs.append(imutils.read_image(get_img_path(name, args.voc12_root)))
+        k, high = load_cam_scores(args.cam_out_dir, name, imgs[-1].shape[:2], keys, num_classes=N_CAT)
+        highs.append(high)
+        labels.append(np.concatenate([[0], k + 1]).astype(np.int64))
+    # per image, the (folder, alpha) pairs still to write
+    work = [(i, out_dir, alpha) for i, (_, _, outs) in enumerate(jobs) for out_dir, alpha in outs]
+    scores = crf_scores_batch([imgs[i] for i, _, _ in work], [highs[i] for i, _, _ in work], [a for _, _, a in work],
+                              args.crf_backend, args.device)
+    for (i, out_dir, alpha), crf in zip(work, scores):
+        pyutils.save_npz(crf_path(out_dir, jobs[i][0]), keys=labels[i], crf=crf.astype(np.float32),
                          alpha=np.float64(alpha))
-    return name
+    return len(jobs)
+
+
+def add_arguments(g):
+    g.add_argument("--low_alpha", default=4, type=float, help="la CRF: background (1 - max cam) ** low_alpha")
+    g.add_argument("--high_alpha", default=32, type=float, help="ha CRF: background (1 - max cam) ** high_alpha")
+
+
+def check_arguments(args):
+    pyutils.require_range(args, ("low_alpha", "high_alpha"), positive=True)
 
 
 def run(args):
@@ -97,15 +104,6 @@ def run(args):
                 f"{args.la_crf_dir}, {args.high_alpha} -> {args.ha_crf_dir})")
     labels = load_cls_labels(args.cls_labels)
     jobs = [(n, np.flatnonzero(labels[n]) if n in labels else None, outs) for n, outs in jobs]
-    work = functools.partial(_one, args=args)
-    bar = functools.partial(tqdm, total=len(jobs), desc="cam_to_crf", disable=not dist.is_main(),
-                            dynamic_ncols=True)
-    if args.num_workers > 1 and len(jobs) > 1:
-        # independent images, single-threaded CRFs: a process pool scales with cores (as cam_to_ir_label)
-        with multiprocessing.get_context("spawn").Pool(args.num_workers) as pool:
-            for _ in bar(pool.imap_unordered(work, jobs, chunksize=1)):
-                pass
-    else:
-        for _ in bar(map(work, jobs)):
-            pass
-    dist.barrier()
+    chunks, workers = perimage.crf_chunks(jobs, args)
+    perimage.for_each_in_processes("cam_to_crf", chunks, functools.partial(_chunk, args=args), workers,
+                                   total=len(jobs))

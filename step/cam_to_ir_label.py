@@ -4,61 +4,73 @@ Label map: the foreground-threshold result where it says foreground, 255 (unsure
 background, 0 where the background-threshold result says background too.
 """
 import functools
-import multiprocessing
 import os
 
 import numpy as np
-from tqdm import tqdm
 
-from misc import dist, imutils, pyutils
-from step.make_cam import cam_path, load_cam
-from voc12.dataloader import load_cls_labels, load_img_name_list
+from misc import cams, imutils, perimage, pyutils
+from misc.cams import load_cam
+from voc12 import N_CAT
+from voc12.dataloader import get_img_path, load_cls_labels, load_img_name_list
 
 
-def confident_label(img, high_res, keys, fg_thres, bg_thres):
+def confident_labels(imgs, high_res_list, keys_list, fg_thres, bg_thres, backend="pydensecrf", device=None):
+    """The IR labels of several images: uint8 HW maps with values in keys+1, 0 and 255. Each image's
+    background-thresholded CAM argmax at fg_thres and at bg_thres goes through the label CRF (all of them in one
+    batch with the torch backend)."""
+    crf_imgs, maps, n_labels = [], [], []
+    for img, high_res, keys in zip(imgs, high_res_list, keys_list):
+        for thres in (fg_thres, bg_thres):
+            crf_imgs.append(img)
+            maps.append(imutils.bg_argmax(high_res, thres))
+            n_labels.append(len(keys) + 1)
+    preds = imutils.crf_inference_label_batch(crf_imgs, maps, n_labels=n_labels, backend=backend, device=device)
+    out = []
+    for i, keys in enumerate(keys_list):
+        labels = np.concatenate([[0], keys + 1])
+        fg, bg = labels[preds[2 * i]], labels[preds[2 * i + 1]]
+        conf = fg.copy()
+        conf[fg == 0] = 255
+        conf[(fg == 0) & (bg == 0)] = 0
+        out.append(conf.astype(np.uint8))
+    return out
+
+
+def confident_label(img, high_res, keys, fg_thres, bg_thres, backend="pydensecrf", device=None):
     """The IR label of one image: uint8 HW with values in keys+1, 0 and 255."""
-    labels = np.concatenate([[0], keys + 1])
-
-    def crf_at(thres):
-        pred = imutils.crf_inference_label(img, imutils.bg_argmax(high_res, thres), n_labels=labels.shape[0])
-        return labels[pred]
-
-    fg, bg = crf_at(fg_thres), crf_at(bg_thres)
-    conf = fg.copy()
-    conf[fg == 0] = 255
-    conf[(fg == 0) & (bg == 0)] = 0
-    return conf.astype(np.uint8)
+    return confident_labels([img], [high_res], [keys], fg_thres, bg_thres, backend, device)[0]
 
 
-def _one(job, args):
-    name, keys = job  # keys: the image's classes from the label file, which its CAM file must hold
-    img = imutils.read_image(os.path.join(args.voc12_root, "JPEGImages", name + ".jpg"))
-    cam = load_cam(args.cam_out_dir, name, img.shape[:2], keys)
-    label = confident_label(img, cam["high_res"], cam["keys"], args.conf_fg_thres, args.conf_bg_thres)
-    imutils.save_label_png(os.path.join(args.ir_label_out_dir, name + ".png"), label)
-    return name
+def _chunk(jobs, args):
+    """IR labels of a few images (one with pydensecrf, --crf_batch with the torch CRF); returns how many."""
+    imgs, found = [], []
+    for name, keys in jobs:  # keys: the image's classes from the label file, which its CAM file must hold
+        imgs.append(imutils.read_image(get_img_path(name, args.voc12_root)))
+        found.append(load_cam(args.cam_out_dir, name, imgs[-1].shape[:2], keys, num_classes=N_CAT))
+    labels = confident_labels(imgs, [c["high_res"] for c in found], [c["keys"] for c in found], args.conf_fg_thres,
+                              args.conf_bg_thres, args.crf_backend, args.device)
+    for (name, _), label in zip(jobs, labels):
+        imutils.save_label_png(os.path.join(args.ir_label_out_dir, name + ".png"), label)
+    return len(jobs)
+
+
+def add_arguments(g):
+    g.add_argument("--conf_fg_thres", default=0.30, type=float,
+                   help="background score for confident foreground (IR labels)")
+    g.add_argument("--conf_bg_thres", default=0.05, type=float,
+                   help="background score for confident background (IR labels)")
+
+
+def check_arguments(args):
+    pyutils.require_range(args, ("conf_fg_thres", "conf_bg_thres"), unit=True)
 
 
 def run(args):
     names = load_img_name_list(args.train_list)
-    os.makedirs(args.ir_label_out_dir, exist_ok=True)
-    todo = [n for n in dist.shard(names)
-            if args.force or not pyutils.is_fresh(os.path.join(args.ir_label_out_dir, n + ".png"),
-                                                  cam_path(args.cam_out_dir, n))]
-    pyutils.log(f"cam_to_ir_label: {len(todo)} of {len(names)} images to do -> {args.ir_label_out_dir}")
+    todo = perimage.pending("cam_to_ir_label", names, lambda n: os.path.join(args.ir_label_out_dir, n + ".png"),
+                            args, lambda n: (cams.cam_path(args.cam_out_dir, n),), out_dirs=[args.ir_label_out_dir])
     labels = load_cls_labels(args.cls_labels)
-    todo = [(n, np.flatnonzero(labels[n]) if n in labels else None) for n in todo]
-    work = functools.partial(_one, args=args)
-    bar = functools.partial(tqdm, total=len(todo), desc="cam_to_ir_label", disable=not dist.is_main(),
-                            dynamic_ncols=True)
-    if args.num_workers > 1 and len(todo) > 1:
-        # Each image is independent and the CRF is single-threaded: a process pool scales with cores.
-        with multiprocessing.get_context("spawn").Pool(args.num_workers) as pool:
-            # one image per task: a CRF takes ~1 s, so the queue costs nothing and no worker idles
-            # while another holds a chunk of several images at the end
-            for _ in bar(pool.imap_unordered(work, todo, chunksize=1)):
-                pass
-    else:
-        for _ in bar(map(work, todo)):
-            pass
-    dist.barrier()
+    jobs = [(names[i], np.flatnonzero(labels[names[i]]) if names[i] in labels else None) for i in todo]
+    chunks, workers = perimage.crf_chunks(jobs, args)
+    perimage.for_each_in_processes("cam_to_ir_label", chunks, functools.partial(_chunk, args=args), workers,
+                                   total=len(jobs))

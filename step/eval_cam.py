@@ -1,30 +1,22 @@
 """Step 3: mIoU of the CAMs on the evaluation split, background = a constant threshold."""
-import os
-
 import numpy as np
 from tqdm import tqdm
 
 from misc import dist, metrics, pyutils
-from misc.imutils import bg_argmax, image_size, read_label_png
-from step.make_cam import load_cam
-from voc12.dataloader import load_img_name_list
+from misc.cams import load_cam
+from misc.imutils import bg_argmax
+from voc12 import CLASS_NAMES, N_CAT
+from voc12.dataloader import eval_ids, gt_mask
 
 
-def eval_ids(args):
-    """Ids of the evaluation split, read from the devkit as the reference did (chainer_eval_set)."""
-    if getattr(args, "eval_list", None):
-        return load_img_name_list(args.eval_list)
-    return load_img_name_list(os.path.join(args.voc12_root, "ImageSets", "Segmentation",
-                                           args.chainer_eval_set + ".txt"))
+def add_arguments(g):
+    g.add_argument("--cam_eval_thres", default=0.15, type=float, help="background score of eval_cam")
+    g.add_argument("--cam_eval_curve", type=pyutils.str2bool, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="eval_cam also sweeps the threshold over 0.00..0.59 (SEAM's --curve) and reports the best")
 
 
-def gt_mask(args, name):
-    """The ground truth of `name`, checked against its image's size and VOC's labels (0..20, 255): a bad
-    mask is named as such instead of passing for a wrong prediction."""
-    path = os.path.join(args.voc12_root, "SegmentationClass", name + ".png")
-    pyutils.require_file(path, "ground-truth mask", "the devkit needs SegmentationClass/ for evaluation")
-    size = image_size(os.path.join(args.voc12_root, "JPEGImages", name + ".jpg"))
-    return read_label_png(path, size=size, num_classes=metrics.N_CLASSES)
+def check_arguments(args):
+    pyutils.require_range(args, ("cam_eval_thres",), unit=True)
 
 
 def cam_to_label(cam, keys, threshold):
@@ -35,7 +27,7 @@ def cam_to_label(cam, keys, threshold):
 CURVE = np.arange(60) / 100  # SEAM's evaluation.py --curve: thresholds 0.00 .. 0.59
 
 
-def curve_confusions(cam, keys, gt, thresholds, n=metrics.N_CLASSES):
+def curve_confusions(cam, keys, gt, thresholds, n=N_CAT + 1):
     """Confusion matrices (T, n, n) of cam_to_label(cam, keys, t) against gt for every threshold t, in one
     pass: a pixel is its best class where that class's score beats t (a tie goes to the background, as
     the argmax over [t, cams] takes the first), else background. Ground truth 255 is ignored."""
@@ -61,12 +53,13 @@ def curve_confusions(cam, keys, gt, thresholds, n=metrics.N_CLASSES):
 
 @dist.main_only  # one writer of results.json; the other processes wait here
 def run(args):
-    conf = metrics.ConfusionMatrix()
-    curve = np.zeros((len(CURVE), metrics.N_CLASSES, metrics.N_CLASSES), np.int64)
-    sweep = getattr(args, "cam_eval_curve", False)
-    for name in tqdm(eval_ids(args), desc="eval_cam", dynamic_ncols=True):
-        gt = gt_mask(args, name)
-        d = load_cam(args.cam_out_dir, name, gt.shape, strided=False)
+    conf = metrics.ConfusionMatrix(CLASS_NAMES)
+    curve = np.zeros((len(CURVE), conf.n, conf.n), np.int64)
+    sweep = args.cam_eval_curve
+    for name in tqdm(eval_ids(args.voc12_root, args.chainer_eval_set, args.eval_list), desc="eval_cam",
+                     dynamic_ncols=True):
+        gt = gt_mask(args.voc12_root, name)
+        d = load_cam(args.cam_out_dir, name, gt.shape, strided=False, num_classes=N_CAT)
         conf.update(gt, cam_to_label(d["high_res"], d["keys"], args.cam_eval_thres), name)
         if sweep:
             curve += curve_confusions(d["high_res"], d["keys"], gt, CURVE)
@@ -75,7 +68,7 @@ def run(args):
     if sweep:
         mious = []
         for mat in curve:
-            c = metrics.ConfusionMatrix()
+            c = metrics.ConfusionMatrix(CLASS_NAMES)
             c.mat = mat
             mious.append(c.miou())
         best = int(np.argmax(mious))

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from misc import dist, imutils, metrics, pyutils, torchutils, training
+from misc import dist, imutils, metrics, perimage, pyutils, torchutils, training
 from net import deeplab
-from step.eval_cam import gt_mask
-from voc12.dataloader import get_img_path, load_img_name_list
+from voc12 import CLASS_NAMES
+from voc12.dataloader import get_img_path, gt_mask, load_img_name_list
 
 # deeplab-pytorch configs/voc12.yaml, CRF section
 CRF = dict(iter_max=10, pos_w=3, pos_xy_std=1, bi_w=4, bi_xy_std=67, bi_rgb_std=3)
@@ -49,27 +49,30 @@ def crf_image(img, mode="reference"):
     return np.ascontiguousarray(np.mod(np.trunc(centred).astype(np.int64), 256).astype(np.uint8))
 
 
-def dense_crf(img, probs, iter_max=10, pos_w=3, pos_xy_std=1, bi_w=4, bi_xy_std=67, bi_rgb_std=3):
-    """Mean-field dense CRF on softmax probabilities (C, H, W) with a uint8 (H, W, 3) image; returns Q (C, H, W)."""
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
-
-    c, h, w = probs.shape
-    d = dcrf.DenseCRF2D(w, h, c)
-    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
-    d.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
-    d.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.ascontiguousarray(img, dtype=np.uint8),
-                           compat=bi_w)
-    return np.asarray(d.inference(iter_max), np.float32).reshape(c, h, w)
+def dense_crf(img, probs, iter_max=10, pos_w=3, pos_xy_std=1, bi_w=4, bi_xy_std=67, bi_rgb_std=3,
+              backend="pydensecrf", device=None):
+    """Mean-field dense CRF on softmax probabilities (C, H, W) with a uint8 (H, W, 3) image; returns Q (C, H, W).
+    The keywords are deeplab-pytorch's names (CRF)."""
+    return imutils.dense_crf(img, probs, iter_max, pos_xy_std, pos_w, bi_xy_std, bi_rgb_std, bi_w, backend, device)
 
 
 def finish(img, probs, out_path, crf, crf_mode="reference"):
-    """CRF (optional; on crf_image(img, crf_mode)), argmax, palette PNG. Runs in a pool process when there are
-    several."""
+    """CRF with pydensecrf (optional; on crf_image(img, crf_mode)), argmax, palette PNG. Runs in a pool process
+    when there are several."""
     if crf:
         probs = dense_crf(crf_image(img, crf_mode), probs, **CRF)
     imutils.save_label_png(out_path, np.argmax(probs, axis=0).astype(np.uint8))
     return out_path
+
+
+def finish_batch(jobs, crf_mode, device):
+    """finish() of several images with one torch CRF call on `device` (--crf_backend torch)."""
+    c = CRF
+    qs = imutils.dense_crf_batch([crf_image(img, crf_mode) for img, _, _ in jobs], [p for _, p, _ in jobs],
+                                 c["iter_max"], c["pos_xy_std"], c["pos_w"], c["bi_xy_std"], c["bi_rgb_std"],
+                                 c["bi_w"], backend="torch", device=device)
+    for (_, _, out_path), q in zip(jobs, qs):
+        imutils.save_label_png(out_path, np.argmax(q, axis=0).astype(np.uint8))
 
 
 def load_model(args):
@@ -92,15 +95,14 @@ def probabilities(model, img, args):
 
 def predict(model, names, out_dir, args, desc):
     """Palette PNGs of `names` (this process's share) into out_dir; images with a fresh PNG are skipped."""
-    os.makedirs(out_dir, exist_ok=True)
-
     def out(n):
         return os.path.join(out_dir, n + ".png")
 
-    todo = [names[i] for i in dist.pending(names, out, args.force, lambda n: (args.seg_weights_name,))]
-    pyutils.log(f"{desc}: {len(todo)} of {len(names)} images to do -> {out_dir}")
-    pool = None
-    if args.seg_crf and args.num_workers > 1 and len(todo) > 1:
+    todo = [names[i] for i in perimage.pending(desc, names, out, args, lambda n: (args.seg_weights_name,),
+                                               out_dirs=[out_dir])]
+    pool, batch = None, []
+    torch_crf = args.seg_crf and args.crf_backend == "torch"
+    if args.seg_crf and not torch_crf and args.num_workers > 1 and len(todo) > 1:
         # the CRF is single-threaded and takes about as long as a forward on a GPU: a pool keeps up with it
         pool = multiprocessing.get_context("spawn").Pool(args.num_workers)
     pending = collections.deque()
@@ -110,6 +112,12 @@ def predict(model, names, out_dir, args, desc):
                 img = imutils.read_image(get_img_path(n, args.voc12_root))
                 job = (img, probabilities(model, img, args), out(n), args.seg_crf,
                        args.seg_crf_image)
+                if torch_crf:  # the CRFs go to the device in batches
+                    batch.append(job[:3])
+                    if len(batch) == args.crf_batch:
+                        finish_batch(batch, args.seg_crf_image, args.device)
+                        batch = []
+                    continue
                 if pool is None:
                     finish(*job)
                     continue
@@ -118,6 +126,8 @@ def predict(model, names, out_dir, args, desc):
                     pending.popleft().get()
             while pending:
                 pending.popleft().get()
+            if batch:
+                finish_batch(batch, args.seg_crf_image, args.device)
     finally:
         if pool is not None:
             pool.terminate()
@@ -127,10 +137,10 @@ def predict(model, names, out_dir, args, desc):
 
 @dist.main_only
 def score(args, names):
-    conf = metrics.ConfusionMatrix()
+    conf = metrics.ConfusionMatrix(CLASS_NAMES)
     for n in tqdm(names, desc="eval_seg score", dynamic_ncols=True):
-        pred = imutils.read_label_png(os.path.join(args.seg_out_dir, n + ".png"), num_classes=metrics.N_CLASSES)
-        conf.update(gt_mask(args, n), pred, n)
+        pred = imutils.read_label_png(os.path.join(args.seg_out_dir, n + ".png"), num_classes=conf.n)
+        conf.update(gt_mask(args.voc12_root, n), pred, n)
     result = conf.as_dict()
     result.update(list=args.seg_val_list, arch=args.seg_arch, scales=list(args.seg_infer_scales),
                   flip=bool(args.seg_infer_flip), crf=bool(args.seg_crf),
@@ -145,7 +155,7 @@ def test_ids(args):
     """Ids of --seg_test_list, or [] with a log line when it is '' or when any of its images is not in the devkit
     (VOC 2012's test images are a separate download; the toy devkit has none of them, though its held-out ids
     may collide with a few): a submission needs every image."""
-    path = getattr(args, "seg_test_list", None)
+    path = args.seg_test_list
     if not path:
         pyutils.log("eval_seg: --seg_test_list is empty, no test-set predictions")
         return []

@@ -18,12 +18,10 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
-from misc import dist, imutils, indexing, pyutils, torchutils
+from misc import cams, imutils, indexing, perimage, pyutils, torchutils
 from net import resnet38_aff
-from step.make_cam import cam_path, load_cam
+from voc12 import N_CAT
 from voc12.dataloader import VOC12ClassificationDatasetMSF
 
 STRIDE = 8
@@ -53,33 +51,38 @@ def check_size(name, size, radius):
                                 f"lower --aff_radius")
 
 
+def add_arguments(g):
+    g.add_argument("--alpha", default=16, type=float, help="infer_aff: background (1 - max cam) ** alpha before the walk")
+
+
+def check_arguments(args):
+    pyutils.require_range(args, ("alpha",), positive=True)
+
+
 def run(args):
     device = args.device
     model = resnet38_aff.Net(backbone_weights="none", radius=args.aff_radius, width=args.resnet38_width,
                              seam_small_maps=args.aff_seam_radius)
     torchutils.load_weights(model, args.aff_weights_name, "train_aff")
     model = model.to(device).eval()
-
-    lists = getattr(args, "sem_seg_lists", None) or [args.infer_list]
-    dataset = VOC12ClassificationDatasetMSF(lists, args.voc12_root, args.cls_labels, scales=(1.0,))
-    os.makedirs(args.sem_seg_out_dir, exist_ok=True)
+    dataset = VOC12ClassificationDatasetMSF(args.sem_seg_lists, args.voc12_root, args.cls_labels, scales=(1.0,))
 
     def out(name):
         return os.path.join(args.sem_seg_out_dir, name + ".png")
 
-    todo = dist.pending(dataset.img_name_list, out, args.force,
-                        lambda n: (args.aff_weights_name, cam_path(args.cam_out_dir, n)))
-    pyutils.log(f"infer_aff: {len(todo)} of {len(dataset)} images to do -> {args.sem_seg_out_dir}")
-    loader = DataLoader(Subset(dataset, todo), batch_size=None, num_workers=args.num_workers)
-    with torch.inference_mode():
-        for pack in tqdm(loader, desc="infer_aff", disable=not dist.is_main(), dynamic_ncols=True):
-            size = tuple(int(s) for s in pack["size"])
-            if not args.aff_seam_radius:
-                check_size(pack["name"], size, args.aff_radius)
-            keys = torch.nonzero(torch.as_tensor(pack["label"]))[:, 0].numpy()
-            cam = load_cam(args.cam_out_dir, pack["name"], size, keys, strided=False)
-            img = torch.as_tensor(pack["img"][0][0]).to(device)
-            label = walk_labels(model, img, cam["high_res"], cam["keys"], args.aff_radius, args.alpha, args.beta,
-                                args.exp_times)
-            imutils.save_label_png(out(pack["name"]), label)
-    dist.barrier()
+    todo = perimage.pending("infer_aff", dataset.img_name_list, out, args,
+                            lambda n: (args.aff_weights_name, cams.cam_path(args.cam_out_dir, n)),
+                            out_dirs=[args.sem_seg_out_dir])
+
+    def work(pack):
+        size = tuple(int(s) for s in pack["size"])
+        if not args.aff_seam_radius:
+            check_size(pack["name"], size, args.aff_radius)
+        keys = torch.nonzero(torch.as_tensor(pack["label"]))[:, 0].numpy()
+        cam = cams.load_cam(args.cam_out_dir, pack["name"], size, keys, strided=False, num_classes=N_CAT)
+        img = torch.as_tensor(pack["img"][0][0]).to(device)
+        label = walk_labels(model, img, cam["high_res"], cam["keys"], args.aff_radius, args.alpha, args.beta,
+                            args.exp_times)
+        imutils.save_label_png(out(pack["name"]), label)
+
+    perimage.for_each_loaded("infer_aff", dataset, todo, work, args.num_workers)

@@ -4,7 +4,7 @@ For every image of the training list: scales 0.5, 1, 1.5, 2 (bicubic, Python-rou
 each with its flip; the PCM output cam_rv (already at the scaled input size) of the 20 classes, bilinear
 upsampling (align_corners=False) to the image size, flips turned back, the eight maps summed; then
 SEAM's min-max rule (seam_normalize). Writes <cam_out_dir>/<id>.npz with `keys` (0-based classes
-present) and `high_res` (K, H, W) float32, the format of step.infer_cls.
+present) and `high_res` (K, H, W) float32 (misc/cams.py).
 
 args read: train_list, voc12_root, cls_labels, cam_scales, cam_weights_name, cam_out_dir, resnet38_width,
 device, amp, num_workers, force. Resumable (an output newer than the weights is kept) and sharded under
@@ -13,9 +13,9 @@ torchrun.
 import torch
 import torch.nn.functional as F
 
-from misc import torchutils, training
+from misc import cams, torchutils, training
 from net import resnet38_SEAM
-from step.infer_cls import write_cams
+from voc12.dataloader import VOC12ClassificationDatasetMSF
 
 
 def seam_normalize(sum_cam, eps=1e-5):
@@ -50,4 +50,6 @@ def seam_cams(model, scales_imgs, size, keys, device, amp=False):
 def run(args):
     model = resnet38_SEAM.Net(backbone_weights="none", width=args.resnet38_width)
     torchutils.load_weights(model, args.cam_weights_name, "train_seam")  # strict, as infer_SEAM.py:33
-    write_cams(args, model.to(args.device).eval(), seam_cams, "infer_seam")
+    dataset = VOC12ClassificationDatasetMSF(args.train_list, args.voc12_root, args.cls_labels,
+                                            scales=tuple(args.cam_scales))
+    cams.write_cams(args, dataset, model.to(args.device).eval(), seam_cams, "infer_seam")

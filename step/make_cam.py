@@ -3,22 +3,15 @@
 Writes <cam_out_dir>/<id>.npz with `keys` (0-based classes present), `cam` (stride 4) and `high_res`
 (image size), each map divided by its maximum.
 """
-import os
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from misc import dist, pyutils, torchutils, training
+from misc import cams, perimage, pyutils, torchutils, training
+from misc.cams import strided_size
 from net import resnet50_cam
 from voc12.dataloader import VOC12ClassificationDatasetMSF, get_img_path
-
-
-def strided_size(size, stride):
-    return (size[0] - 1) // stride + 1, (size[1] - 1) // stride + 1
 
 
 def _normalise(strided, high, keys, size):
@@ -61,36 +54,6 @@ def cams_for_batch(model, scales_imgs, size, keys_list, device, amp=False):
     return [_normalise(strided[i], high[i], keys, size) for i, keys in enumerate(keys_list)]
 
 
-def cam_path(cam_dir, name):
-    return os.path.join(cam_dir, name + ".npz")
-
-
-def load_cam(cam_dir, name, size=None, keys=None, strided=True):
-    """Read one CAM file and check it: arrays that fit together, made for an image of `size` (H, W) and,
-    given `keys` (the image's 0-based classes), for those classes. A file that fails is a UserError.
-    strided=False accepts files without the stride-4 `cam` (infer_cls of psa writes `keys` and `high_res`)."""
-    path = cam_path(cam_dir, name)
-    pyutils.require_file(path, "CAM file", "run the make_cam step first (--make_cam_pass True)")
-    d = pyutils.load_npz(path, keys=("keys", "cam", "high_res") if strided else ("keys", "high_res"))
-    k, high = d["keys"], d["high_res"]
-    cam = d.get("cam", high)  # without a stride-4 map, the checks below see high_res twice
-    if not (k.ndim == 1 and k.dtype.kind in "iu" and cam.ndim == 3 and high.ndim == 3
-            and cam.shape[0] == high.shape[0] == k.size and ((k >= 0) & (k < resnet50_cam.N_CLASSES)).all()):
-        raise pyutils.UserError(f"{path} is not a CAM file of make_cam (keys {k.tolist()[:25]}, cam {cam.shape}, "
-                                f"high_res {high.shape}); delete it and rerun make_cam")
-    if size is not None:
-        size = (int(size[0]), int(size[1]))
-        h4, w4 = strided_size(size, 4) if "cam" in d else size
-        if high.shape[1:] != size or cam.shape[1:] != (h4, w4):
-            raise pyutils.UserError(f"{path} does not fit {name}, a {size[1]}x{size[0]} image: its high_res is "
-                                    f"{high.shape[2]}x{high.shape[1]}, its stride-4 cam {cam.shape[2]}x{cam.shape[1]} "
-                                    f"(expected {w4}x{h4}); it is another image's: rerun make_cam with --force")
-    if keys is not None and not np.array_equal(k, np.asarray(keys).reshape(-1)):
-        raise pyutils.UserError(f"{path} holds the CAMs of classes {k.tolist()}, but {name} has classes "
-                                f"{np.asarray(keys).reshape(-1).tolist()}; rerun make_cam with --force")
-    return d
-
-
 def size_batches(dataset, indices, batch_size):
     """Batches of at most batch_size dataset indices whose images share one size (read from the file
     headers, which costs no decoding), so that make_cam can stack them into one forward per scale."""
@@ -115,9 +78,17 @@ def collate_same_size(items):
             "label": torch.from_numpy(np.stack([it["label"] for it in items]))}
 
 
-def default_batch(device):
-    # Batching same-size images fills a GPU better; on the CPU it gains little and costs memory.
-    return 4 if str(device).startswith("cuda") else 1
+def add_arguments(g):
+    g.add_argument("--cam_scales", default=(1.0, 0.5, 1.5, 2.0), type=float, nargs="+",
+                   help="input scales of the CAM step (each with its flip)")
+    g.add_argument("--cam_infer_batch", default=None, type=int,
+                   help="make_cam: images of one size per forward (default 4 on CUDA, 1 on CPU)")
+
+
+def check_arguments(args):
+    pyutils.require_range(args, ("cam_scales",), positive=True)
+    if args.cam_infer_batch is not None:
+        pyutils.require_range(args, ("cam_infer_batch",), at_least=1)
 
 
 def run(args):
@@ -130,22 +101,18 @@ def run(args):
 
     dataset = VOC12ClassificationDatasetMSF(args.train_list, args.voc12_root, args.cls_labels,
                                             scales=tuple(args.cam_scales))
-    os.makedirs(args.cam_out_dir, exist_ok=True)
-    todo = dist.pending(dataset.img_name_list, lambda n: cam_path(args.cam_out_dir, n), args.force,
-                        lambda n: (args.cam_weights_name,))
-    batch = getattr(args, "cam_infer_batch", None) or default_batch(device)
-    pyutils.log(f"make_cam: {len(todo)} of {len(dataset)} images to do, {batch} per forward -> {args.cam_out_dir}")
-    loader = DataLoader(dataset, batch_sampler=size_batches(dataset, todo, batch), collate_fn=collate_same_size,
-                        num_workers=args.num_workers, pin_memory=str(device).startswith("cuda"))
-    bar = tqdm(total=len(todo), desc="make_cam", disable=not dist.is_main(), dynamic_ncols=True)
-    with torch.inference_mode():
-        for pack in loader:
-            keys = [torch.nonzero(label)[:, 0] for label in pack["label"]]
-            outs = cams_for_batch(model, pack["img"], pack["size"], [k.to(device) for k in keys], device, args.amp)
-            for name, k, (cam, high) in zip(pack["name"], keys, outs):
-                pyutils.save_npz(cam_path(args.cam_out_dir, name), keys=k.numpy().astype(np.int64),
-                                 cam=cam.cpu().numpy().astype(np.float32),
-                                 high_res=high.cpu().numpy().astype(np.float32))
-            bar.update(len(pack["name"]))
-    bar.close()
-    dist.barrier()
+    pyutils.log(f"make_cam: {args.cam_infer_batch} images of one size per forward")
+    todo = perimage.pending("make_cam", dataset.img_name_list,
+                            lambda n: cams.cam_path(args.cam_out_dir, n), args, lambda n: (args.cam_weights_name,),
+                            out_dirs=[args.cam_out_dir])
+
+    def work(pack):
+        keys = [torch.nonzero(label)[:, 0] for label in pack["label"]]
+        outs = cams_for_batch(model, pack["img"], pack["size"], [k.to(device) for k in keys], device, args.amp)
+        for name, k, (cam, high) in zip(pack["name"], keys, outs):
+            cams.save_cams(args.cam_out_dir, name, k.numpy(), high, cam)
+        return len(pack["name"])
+
+    perimage.for_each_loaded("make_cam", dataset, todo, work, args.num_workers,
+                             batch_sampler=size_batches(dataset, todo, args.cam_infer_batch),
+                             collate_fn=collate_same_size, pin_memory=str(device).startswith("cuda"))

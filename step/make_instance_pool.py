@@ -7,7 +7,7 @@ reads <voc12_root>/SegmentationClass, an upper-bound ablation. The images are th
 import os
 
 from cda.pool import build_pool
-from misc import dist
+from misc import dist, pyutils
 from misc.pyutils import UserError, log
 from voc12 import CAT_LIST
 from voc12.dataloader import load_cls_labels, load_img_name_list
@@ -18,6 +18,20 @@ def classes_never_pasted(meta, ids, labels):
     the other 14 are absent, not missing)."""
     present = {c for i in ids if i in labels for c, on in zip(CAT_LIST, labels[i]) if on}
     return [c for c in meta["classes_without_instances"] if c in present]
+
+
+def add_arguments(g):
+    g.add_argument("--pool_source", default="sem_seg", choices=["sem_seg", "gt"],
+                   help="instances from stage I pseudo masks, or from ground truth (upper-bound ablation)")
+    g.add_argument("--pool_min_ratio", default=0.1, type=float,
+                   help="smallest foreground share of an image kept in the pool (inclusive)")
+    g.add_argument("--pool_max_ratio", default=0.7, type=float, help="largest foreground share kept in the pool (inclusive)")
+
+
+def check_arguments(args):
+    pyutils.require_range(args, ("pool_min_ratio", "pool_max_ratio"), unit=True)
+    if args.pool_min_ratio > args.pool_max_ratio:
+        raise pyutils.UserError("--pool_min_ratio must not exceed --pool_max_ratio")
 
 
 @dist.main_only  # one process builds the pool folder; the others wait, then read it

@@ -1,19 +1,17 @@
 """Step 6: pseudo masks by a random walk of the CAMs over the affinities of the predicted boundary map.
 
-Images: args.sem_seg_lists (list files, their union in order, each image once; the driver sets it to
---infer_list plus, in stage I, --pool_list), or args.infer_list alone.
+Images: args.sem_seg_lists (list files, their union in order, each image once; misc.stages.stage_args sets
+it: --infer_list, plus in stage I --pool_list, plus --seg_train_list when the segmentation network follows).
 """
 import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
-from misc import dist, imutils, indexing, pyutils
+from misc import cams, imutils, indexing, perimage, pyutils
 from net import resnet50_irn
-from step.make_cam import cam_path, load_cam
+from voc12 import N_CAT
 from voc12.dataloader import VOC12ClassificationDatasetMSF
 
 
@@ -29,6 +27,19 @@ def walk_to_label(cams, keys, edge, size, beta, exp_times, bg_thres):
     return labels[torch.argmax(scores, dim=0).cpu().numpy()]
 
 
+def add_arguments(g):
+    g.add_argument("--beta", default=10, type=float, help="affinity exponent of the random walk (psa: 8)")
+    g.add_argument("--exp_times", "--logt", default=8, type=int,
+                   help="the random walk takes 2**exp_times steps (PSA's --logt)")
+    g.add_argument("--sem_seg_bg_thres", default=0.25, type=float, help="irn: background score of the pseudo masks")
+
+
+def check_arguments(args):
+    pyutils.require_range(args, ("beta",), positive=True)
+    pyutils.require_range(args, ("exp_times",), at_least=0)
+    pyutils.require_range(args, ("sem_seg_bg_thres",), unit=True)
+
+
 def run(args):
     device = args.device
     # Padding to the training crop (512 in the reference) keeps GroupNorm statistics as in training.
@@ -37,24 +48,22 @@ def run(args):
     model = model.to(device).eval()
 
     # stage I also masks --pool_list for the instance pool (CDA walks over train_aug): one pass, each image once
-    lists = getattr(args, "sem_seg_lists", None) or [args.infer_list]
-    dataset = VOC12ClassificationDatasetMSF(lists, args.voc12_root, args.cls_labels, scales=(1.0,))
-    os.makedirs(args.sem_seg_out_dir, exist_ok=True)
+    dataset = VOC12ClassificationDatasetMSF(args.sem_seg_lists, args.voc12_root, args.cls_labels, scales=(1.0,))
 
     def out(name):
         return os.path.join(args.sem_seg_out_dir, name + ".png")
 
-    todo = dist.pending(dataset.img_name_list, out, args.force,
-                        lambda n: (args.irn_weights_name, cam_path(args.cam_out_dir, n)))
-    pyutils.log(f"make_sem_seg_labels: {len(todo)} of {len(dataset)} images to do -> {args.sem_seg_out_dir}")
-    loader = DataLoader(Subset(dataset, todo), batch_size=None, num_workers=args.num_workers)
-    with torch.inference_mode():
-        for pack in tqdm(loader, desc="make_sem_seg_labels", disable=not dist.is_main(), dynamic_ncols=True):
-            size = tuple(int(s) for s in pack["size"])
-            keys = torch.nonzero(torch.as_tensor(pack["label"]))[:, 0].numpy()
-            cam = load_cam(args.cam_out_dir, pack["name"], size, keys)
-            edge, _ = model(pack["img"][0].to(device))
-            cams = torch.from_numpy(cam["cam"]).to(device)
-            label = walk_to_label(cams, cam["keys"], edge, size, args.beta, args.exp_times, args.sem_seg_bg_thres)
-            imutils.save_label_png(out(pack["name"]), label)
-    dist.barrier()
+    todo = perimage.pending("make_sem_seg_labels", dataset.img_name_list, out, args,
+                            lambda n: (args.irn_weights_name, cams.cam_path(args.cam_out_dir, n)),
+                            out_dirs=[args.sem_seg_out_dir])
+
+    def work(pack):
+        size = tuple(int(s) for s in pack["size"])
+        keys = torch.nonzero(torch.as_tensor(pack["label"]))[:, 0].numpy()
+        cam = cams.load_cam(args.cam_out_dir, pack["name"], size, keys, num_classes=N_CAT)
+        edge, _ = model(pack["img"][0].to(device))
+        label = walk_to_label(torch.from_numpy(cam["cam"]).to(device), cam["keys"], edge, size, args.beta,
+                              args.exp_times, args.sem_seg_bg_thres)
+        imutils.save_label_png(out(pack["name"]), label)
+
+    perimage.for_each_loaded("make_sem_seg_labels", dataset, todo, work, args.num_workers)

@@ -1,6 +1,6 @@
 """Step 4 of AffinityNet (psa): train AffinityNet on the la/ha CRF labels (jiwoon-ahn/psa train_aff.py).
 
-Samples (voc12.dataloader.VOC12AffDataset, SPEC_RESNET38 2.3): colour jitter, random crop of image and
+Samples (voc12.dataloader.PSAAffinityDataset, SPEC_RESNET38 2.3): colour jitter, random crop of image and
 la/ha scores (raw-image padding 0: black), normalise, flip, 8x8 block means, the la/ha label rule, and
 bg/fg/neg labels of PSA's pairs within --aff_radius. Batch 8, 8 epochs, drop_last; PSA's four parameter
 groups at lr x1/x2/x10/x20 (new layers f8_3, f8_4, f8_5, f9 at x10), weight decay on weights only, poly
@@ -15,9 +15,9 @@ aff_weights_name, from_scratch, seed, num_workers, device, amp, resume.
 """
 import torch
 
-from misc import dist, pyutils, torchutils, training
+from misc import dist, pyutils, stages, torchutils, training
 from net import resnet38_aff
-from voc12.dataloader import VOC12AffDataset
+from voc12.dataloader import PSAAffinityDataset
 
 LABELS = ("aff_bg_pos_label", "aff_fg_pos_label", "aff_neg_label")
 
@@ -31,10 +31,35 @@ def aff_loss(model, batch, device):
     return terms["total"], {k: v.item() for k, v in terms.items() if k != "total"}
 
 
+def add_arguments(g):
+    g.add_argument("--aff_crop_size", default=448, type=int, help="random crop of train_aff (a multiple of 8)")
+    g.add_argument("--aff_batch_size", default=8, type=int)
+    g.add_argument("--aff_num_epoches", default=8, type=int)
+    g.add_argument("--aff_learning_rate", default=0.1, type=float, help="backbone lr; the new layers get 10x")
+    g.add_argument("--aff_weight_decay", default=5e-4, type=float)
+    g.add_argument("--aff_momentum", default=None, type=float,
+                   help="SGD momentum; unset reproduces the reference (momentum = weight decay)")
+    g.add_argument("--aff_radius", default=5, type=int, help="pair radius of AffinityNet (training and walk)")
+    g.add_argument("--aff_backbone_weights", default=None,
+                   help="backbone of AffinityNet (default: --backbone_weights); 'cam' takes the stage's classifier")
+    g.add_argument("--aff_seam_radius", type=pyutils.str2bool, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="SEAM's rule: on a stride-8 map shorter than 2 * radius + 1, the radius becomes "
+                        "(shorter side - 1) // 2 (seam: True)")
+
+
+def check_arguments(args):
+    pyutils.require_range(args, ("aff_batch_size", "aff_num_epoches", "aff_crop_size", "aff_radius"), at_least=1)
+    pyutils.require_range(args, ("aff_learning_rate",), positive=True)
+    pyutils.require_range(args, ("aff_weight_decay",), at_least=0)
+    if args.aff_crop_size % 8:
+        raise pyutils.UserError(f"--aff_crop_size must be a multiple of 8 (AffinityNet's stride), got {args.aff_crop_size}")
+    training.require_global_batch(args, "aff_batch_size", stages.trains(args, "train_aff"))
+
+
 def run(args):
     device = args.device
     jitter = tuple(args.cam_color_jitter) if args.cam_color_jitter is not None else None
-    dataset = VOC12AffDataset(args.train_list, args.la_crf_dir, args.ha_crf_dir, args.aff_crop_size,
+    dataset = PSAAffinityDataset(args.train_list, args.la_crf_dir, args.ha_crf_dir, args.aff_crop_size,
                               args.voc12_root, radius=args.aff_radius, color_jitter=jitter, hor_flip=True,
                               seed=args.seed)
     training.require_one_batch(dataset, args.aff_batch_size, args.train_list, "aff_batch_size")

@@ -6,17 +6,17 @@ batch 16, 15 epochs, poly SGD with lr 0.1 x1/x2/x10/x20 over PSA's four paramete
 on weights only, momentum = weight decay (the reference's quirk); validation loss on val with a centre 500
 crop and drop_last. With args.cda (stage II) the batches are CDA pairs, as train_cam's.
 """
+from misc import classifier
 from net import resnet38_cls
-from step.train_cam import datasets, train_classifier
+from voc12.dataloader import classification_sets
 
 
 def run(args):
-    jitter = tuple(args.cam_color_jitter) if args.cam_color_jitter is not None else None
-    train_set, val_set = datasets(args, color_jitter=jitter)
+    train_set, val_set = classification_sets(args)
 
     def build_model():
         model = resnet38_cls.Net(backbone_weights=args.backbone_weights, from_scratch=args.from_scratch,
                                  width=args.resnet38_width)
         return model, model.optimizer_groups(args.cam_learning_rate, args.cam_weight_decay)
 
-    train_classifier(args, train_set, val_set, build_model, "train_cls", val_drop_last=True)
+    classifier.train_classifier(args, train_set, val_set, build_model, "train_cls", val_drop_last=True)

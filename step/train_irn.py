@@ -6,7 +6,7 @@ inference subtracts.
 import torch
 from tqdm import tqdm
 
-from misc import dist, indexing, pyutils, torchutils, training
+from misc import dist, indexing, pyutils, stages, torchutils, training
 from net import resnet50_irn
 from voc12.dataloader import VOC12AffinityDataset, VOC12ClassificationDataset
 
@@ -42,6 +42,33 @@ def mean_displacement(model, args):
             total += torch.cat([per_image.sum(0), torch.tensor([per_image.shape[0]], dtype=torch.float64)])
     total = dist.all_reduce_sum(total)
     return (total[:2] / total[2]).float()
+
+
+def add_arguments(g):
+    g.add_argument("--irn_backbone_weights", default=None,
+                   help="backbone of the IRN (default: --backbone_weights); 'cam' takes the stage's CAM network")
+    g.add_argument("--irn_crop_size", default=512, type=int,
+                   help="random crop of train_irn; images are padded to it at inference (make_sem_seg)")
+    g.add_argument("--irn_rescale", default=(0.5, 1.5), type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="random rescale range of train_irn")
+    g.add_argument("--irn_batch_size", default=32, type=int)
+    g.add_argument("--irn_num_epoches", default=3, type=int)
+    g.add_argument("--irn_learning_rate", default=0.1, type=float, help="edge branch lr; the displacement branch gets 10x")
+    g.add_argument("--irn_weight_decay", default=1e-4, type=float)
+    g.add_argument("--irn_momentum", default=None, type=float,
+                   help="SGD momentum; unset reproduces the reference (momentum = weight decay)")
+
+
+def check_arguments(args):
+    pyutils.require_range(args, ("irn_batch_size", "irn_num_epoches", "irn_crop_size"), at_least=1)
+    pyutils.require_range(args, ("irn_learning_rate", "irn_rescale"), positive=True)
+    pyutils.require_range(args, ("irn_weight_decay",), at_least=0)
+    pyutils.require_ordered(args, ("irn_rescale",))
+    if args.irn_crop_size % 4:
+        raise pyutils.UserError(f"--irn_crop_size must be a multiple of 4, got {args.irn_crop_size}")
+    if args.irn_crop_size < 76:  # train_irn pairs pixels up to radius 10 apart on the stride-4 map: 19 columns
+        raise pyutils.UserError(f"--irn_crop_size must be at least 76, got {args.irn_crop_size}")
+    training.require_global_batch(args, "irn_batch_size", stages.trains(args, "train_irn"))
 
 
 def run(args):

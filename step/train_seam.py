@@ -12,28 +12,38 @@ args read: the classifier's (train_list, cam_* flags, backbone_weights, from_scr
 seam_scale_factor, seam_ecr_topk. Not under torchrun: the step runs the network twice before one backward,
 which DistributedDataParallel's gradient hooks do not take.
 """
-from misc import dist, pyutils
+from misc import classifier, dist, pyutils
 from net import resnet38_SEAM
-from step.train_cam import datasets, train_classifier, unpack
+from voc12.dataloader import classification_sets
 
 
 def seam_batch_loss(model, batch, device, scale_factor, ecr_topk):
-    img, label = unpack(batch, device)  # a CDA batch: [originals; copies], each with its own label
+    img, label = classifier.unpack(batch, device)  # a CDA batch: [originals; copies], each with its own label
     terms = resnet38_SEAM.seam_loss(model, img, label, scale_factor=scale_factor, ecr_topk=ecr_topk)
     return terms["total"], {k: terms[k].item() for k in ("cls", "rvmin", "er", "ecr")}
+
+
+def add_arguments(g):
+    g.add_argument("--seam_scale_factor", default=0.3, type=float, help="the second view: the batch rescaled by this")
+    g.add_argument("--seam_ecr_topk", default=0.2, type=float,
+                   help="ECR loss: mean of this top fraction of each image's errors")
+
+
+def check_arguments(args):
+    if not 0 < args.seam_scale_factor <= 1 or not 0 < args.seam_ecr_topk <= 1:
+        raise pyutils.UserError("--seam_scale_factor and --seam_ecr_topk must be within (0, 1]")
 
 
 def run(args):
     if dist.is_dist():
         raise pyutils.UserError("train_seam does not run under torchrun (two forward passes per step); run it in "
                                 "one process (--train_seam_pass alone), then the other steps under torchrun")
-    jitter = tuple(args.cam_color_jitter) if args.cam_color_jitter is not None else None
-    train_set, _ = datasets(args, color_jitter=jitter, validation=False)  # SEAM validates nothing
+    train_set, _ = classification_sets(args, validation=False)  # SEAM validates nothing
 
     def build_model():
         model = resnet38_SEAM.Net(backbone_weights=args.backbone_weights, from_scratch=args.from_scratch,
                                   width=args.resnet38_width)
         return model, model.optimizer_groups(args.cam_learning_rate, args.cam_weight_decay)
 
-    train_classifier(args, train_set, None, build_model, "train_seam",
-                     loss_fn=lambda m, b, d: seam_batch_loss(m, b, d, args.seam_scale_factor, args.seam_ecr_topk))
+    classifier.train_classifier(args, train_set, None, build_model, "train_seam",
+                                loss_fn=lambda m, b, d: seam_batch_loss(m, b, d, args.seam_scale_factor, args.seam_ecr_topk))

@@ -3,9 +3,11 @@ trains DeepLab-v2 on PASCAL VOC (configs/voc12.yaml, main.py train, libs/dataset
 
 - poly learning rate 2.5e-4 * (1 - it / 20000) ** 0.9, recomputed every 10 iterations; the head gets 10x
   (weights) and 20x (biases, without weight decay); SGD momentum 0.9, weight decay 5e-4;
-- 20,000 iterations of 10 images (theirs: 5 per forward, the gradients of 2 forwards accumulated); with BatchNorm
-  frozen one forward of 10 is the same step when the loss, as theirs, averages each group of 5 over its own
-  labelled pixels and then halves the sum (--seg_iter_size 2; 1 averages over all 10 images' pixels at once);
+- 20,000 iterations of 10 images as theirs: 2 forward/backward passes of 5 with the gradients accumulated, each
+  pass's loss averaged over its own labelled pixels and halved (--seg_iter_size 2: half the activation memory
+  of one forward of 10; 1: one forward of 10 averaged over all its labelled pixels). Where a BatchNorm
+  normalises with batch statistics (--from_scratch, the demo; DeepLab-v3+'s head) the 10 go through one forward
+  with the same per-group loss, since passes of 5 would normalise with other statistics;
 - crops of 321 after a rescale by a factor drawn from (0.5, 0.75, 1.0, 1.25, 1.5), random mirror;
 - multi-scale loss (MSC): cross entropy (255 ignored) on the logits of the crop, of its 0.5x and 0.75x
   copies and of their pixel-wise max, each against the mask resized (nearest) to its size;
@@ -58,10 +60,11 @@ def add_arguments(group):
                    help="imagenet | none | PATH to a ResNet state dict of that depth")
     g.add_argument("--seg_label_dir", default=None,
                    help="pseudo masks to train on (default: the stage's --sem_seg_out_dir)")
-    g.add_argument("--seg_train_list", default="voc12/train_aug.txt", help="images that train the network")
-    g.add_argument("--seg_val_list", default="voc12/val.txt", help="images predicted and scored by eval_seg")
-    g.add_argument("--seg_test_list", default="voc12/test.txt",
-                   help="images predicted for the evaluation server ('' or absent images: skipped)")
+    g.add_argument("--seg_train_list", default=None, help="images that train the network (default: --train_list)")
+    g.add_argument("--seg_val_list", default=None, help="images predicted and scored by eval_seg (default: --val_list)")
+    g.add_argument("--seg_test_list", default=None,
+                   help="images predicted for the evaluation server (default: ImageSets/Segmentation/test.txt of "
+                        "--voc12_root when it is there, else none; '' or absent images: skipped)")
     g.add_argument("--seg_crop_size", default=321, type=int, help="random crop of train_seg")
     g.add_argument("--seg_rescale", default=(0.5, 0.75, 1.0, 1.25, 1.5), type=float, nargs="+",
                    help="train_seg rescales each image by one of these factors")
@@ -69,8 +72,10 @@ def add_arguments(group):
                    help="extra input scales of the multi-scale loss; none: one scale")
     g.add_argument("--seg_batch_size", default=10, type=int, help="global batch (deeplab-pytorch: 5 x 2 accumulated)")
     g.add_argument("--seg_iter_size", default=2, type=int,
-                   help="the loss averages each of this many groups of the batch over its own labelled pixels, then "
-                        "takes their mean, as deeplab-pytorch's gradient accumulation (ITER_SIZE 2); 1: one average")
+                   help="gradient accumulation as deeplab-pytorch's ITER_SIZE 2: each step is this many "
+                        "forward/backward passes of seg_batch_size / seg_iter_size images, each averaged over its own "
+                        "labelled pixels; 1: one pass, one average (--from_scratch: one forward, the loss averaged "
+                        "per group)")
     g.add_argument("--seg_num_iters", default=20000, type=int, help="training iterations")
     g.add_argument("--seg_learning_rate", default=2.5e-4, type=float,
                    help="backbone lr; head weights 10x, head biases 20x")
@@ -87,15 +92,11 @@ def add_arguments(group):
     g.add_argument("--seg_crf_image", default="reference", choices=["reference", "raw"],
                    help="the image the CRF's bilateral kernel sees: reference = deeplab-pytorch main.py's, the BGR "
                         "image minus its mean cast to uint8 (values below the mean wrap around); raw = the image")
-    g.add_argument("--seg_weights_name", default="sess/deeplab.pth")
-    g.add_argument("--seg_out_dir", default="result/seg", help="eval_seg's val predictions (palette PNGs)")
-    g.add_argument("--seg_test_out_dir", default="seg_test",
-                   help="holds results/VOC2012/Segmentation/comp6_test_cls/ and results.tar")
     return g
 
 
 def check_arguments(args):
-    """Nonsense seg flags: one line, before anything runs (for run_sample.check_args)."""
+    """Nonsense seg flags: one line, before anything runs."""
     for name in ("seg_crop_size", "seg_batch_size", "seg_num_iters", "seg_checkpoint_every"):
         if getattr(args, name) < 1:
             raise pyutils.UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -113,8 +114,8 @@ def check_arguments(args):
 
 
 def local_groups(batch, iter_size, world):
-    """Loss groups of each process: the global batch is iter_size groups of batch / iter_size images, and
-    each process must hold whole groups (UserError otherwise)."""
+    """Loss groups of each process, its forward/backward passes per step: the global batch is iter_size
+    groups of batch / iter_size images, and each process must hold whole groups (UserError otherwise)."""
     if iter_size < 1 or batch % iter_size:
         raise pyutils.UserError(f"--seg_iter_size {iter_size} must be at least 1 and divide --seg_batch_size {batch}")
     group, per = batch // iter_size, batch // world
@@ -146,9 +147,10 @@ def segmentation_loss(outputs, label, groups=1, iter_size=1):
     iter_size 1: averaged over the labelled pixels of the *global* batch (the counts are summed over processes,
     so a step on several processes moves the weights as one does). iter_size > 1: deeplab-pytorch's
     accumulation, each of the batch's iter_size groups of consecutive images averaged over its own labelled
-    pixels, the group losses summed and divided by iter_size; this process holds `groups` of them (scaled by the
-    world size, which DistributedDataParallel's gradient mean divides out). A group without a labelled pixel
-    adds 0 (the reference's loss would be NaN)."""
+    pixels and divided by iter_size; `outputs` hold `groups` of them, whose losses are summed (one per
+    accumulated pass: groups 1; the from-scratch single forward: all of this process's). Scaled by the world
+    size, which DistributedDataParallel's gradient mean divides out. A group without a labelled pixel adds 0
+    (the reference's loss would be NaN)."""
     labels = [resize_labels(label, o.shape[-2:]) for o in outputs]
     if iter_size > 1:
         total = 0
@@ -166,8 +168,15 @@ def segmentation_loss(outputs, label, groups=1, iter_size=1):
     return total
 
 
+def uses_batch_statistics(net):
+    """Whether a BatchNorm of `net` normalises with its batch's statistics in training mode (--from_scratch, or
+    DeepLab-v3+'s head): then the logits of a part of a batch differ from that part of the batch's logits."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not getattr(m, "frozen", False)
+               for m in net.modules())
+
+
 def label_dir(args):
-    return getattr(args, "seg_label_dir", None) or args.sem_seg_out_dir
+    return args.seg_label_dir or args.sem_seg_out_dir
 
 
 def check_resume_point(args, segment_steps, total):
@@ -190,7 +199,7 @@ def check_resume_point(args, segment_steps, total):
 
 def run(args):
     device = args.device
-    from_scratch = getattr(args, "from_scratch", False)
+    from_scratch = args.from_scratch
     dataset = PseudoMaskStream(args.seg_train_list, args.voc12_root, label_dir(args), crop_size=args.seg_crop_size,
                                scales=tuple(args.seg_rescale), flip=True, seed=args.seed)
     total, every = args.seg_num_iters, args.seg_checkpoint_every
@@ -211,22 +220,38 @@ def run(args):
                                  momentum=args.seg_momentum, power=POLY_POWER)
     model = training.prepare_model(deeplab.MultiScaleTrainer(net, tuple(args.seg_msc_scales)), device)
     check_resume_point(args, every, total)
+    loss_groups = local_groups(args.seg_batch_size, args.seg_iter_size, dist.world_size())
+    # With every BatchNorm frozen an image's logits do not depend on the others in its forward, so this
+    # process's groups go through one at a time, gradients accumulated (deeplab-pytorch's ITER_SIZE): the same
+    # step as one forward of all of them, with one group's activations in memory instead of the batch's. A
+    # BatchNorm on batch statistics (--from_scratch, the demo; DeepLab-v3+'s head) would normalise each pass
+    # with its own: another step, so there one forward of the batch keeps the per-group loss.
+    passes = 1 if uses_batch_statistics(net) else loss_groups
+    group = args.seg_batch_size // args.seg_iter_size
+    if args.seg_iter_size == 1:
+        layout = "one forward, one average over its labelled pixels"
+    elif passes == 1 and loss_groups > 1:
+        layout = (f"one forward, the loss averaged per group of {group}; not {loss_groups} accumulated passes, "
+                  f"since BatchNorm in training mode ({'--from_scratch' if from_scratch else 'the head'}) "
+                  "normalises with each forward's statistics")
+    else:
+        layout = (f"{args.seg_iter_size} forward/backward passes of {group} accumulated"
+                  + (f", {passes} in each process" if dist.world_size() > 1 else ""))
     pyutils.log(f"train_seg: {args.seg_arch} ResNet-{args.seg_backbone_depth} "
                 f"({'from scratch' if from_scratch else f'backbone {args.seg_backbone_weights}'}), "
                 f"{len(dataset)} images with pseudo masks of {label_dir(args)}, batch {args.seg_batch_size} "
-                f"({args.seg_iter_size} loss groups), "
+                f"(--seg_iter_size {args.seg_iter_size}: {layout}), "
                 f"{total} iterations (~{total * args.seg_batch_size / len(dataset):.1f} passes) in {segments} "
                 f"segments of {every}, device {device}")
 
-    groups = local_groups(args.seg_batch_size, args.seg_iter_size, dist.world_size())
-
     def loss_fn(m, batch):
         img = training.to_device(batch["img"], device)
-        loss = segmentation_loss(m(img), batch["label"].to(device, non_blocking=True), groups, args.seg_iter_size)
+        loss = segmentation_loss(m(img), batch["label"].to(device, non_blocking=True), loss_groups // passes,
+                                 args.seg_iter_size)
         return loss, {"loss": loss.item()}
 
     ran = training.fit(model, loader, optimizer, loss_fn, segments, args.seg_weights_name, device, amp=args.amp,
-                       resume=args.resume, desc="train_seg")
+                       resume=args.resume, desc="train_seg", micro_batches=passes)
     if not ran and training.weights_current(args.seg_weights_name):
         pyutils.log(f"{args.seg_weights_name}: every iteration was done already, kept as it is")
         return

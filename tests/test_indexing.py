@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import dense_walk
 from misc import indexing
 
 
@@ -101,9 +102,9 @@ def test_affinity_labels_on_crafted_map():
 def test_dense_affinity_and_transition():
     pi = indexing.PathIndex(radius=3, default_size=(6, 8))
     aff = torch.rand(1, len(pi.search_dst), len(pi.src_indices), dtype=torch.float64)
-    dense = indexing.affinity_sparse2dense(aff, pi.src_indices, pi.dst_indices, 48)
+    dense = dense_walk.affinity_sparse2dense(aff, pi.src_indices, pi.dst_indices, 48)
     assert torch.equal(dense, dense.t()) and torch.all(dense.diagonal() == 1)
-    trans = indexing.to_transition_matrix(dense, beta=10, times=0)
+    trans = dense_walk.to_transition_matrix(dense, beta=10, times=0)
     assert torch.allclose(trans.sum(dim=0), torch.ones(48, dtype=torch.float64))
 
 
@@ -116,7 +117,7 @@ def ring_edge(h, w, top, left, bottom, right):
     return edge
 
 
-@pytest.mark.parametrize("walk", [indexing.propagate_to_edge, indexing.propagate_to_edge_dense])
+@pytest.mark.parametrize("walk", [indexing.propagate_to_edge, dense_walk.propagate_to_edge_dense])
 def test_random_walk_does_not_cross_closed_boundary(walk):
     h, w = 24, 28
     edge = ring_edge(h, w, 5, 6, 16, 19)
@@ -179,7 +180,7 @@ def test_sparse_walk_equals_dense(h, w, kind):
         edge = torch.rand(1, h, w, generator=gen) ** 3
     else:
         cams, edge = toy_scene(h, w, gen)
-    dense = indexing.propagate_to_edge_dense(cams, edge)
+    dense = dense_walk.propagate_to_edge_dense(cams, edge)
     sparse = indexing.propagate_to_edge(cams, edge)
     assert sparse.shape == dense.shape == (cams.shape[0], 1, h, w)
     assert sparse.dtype == torch.float32
@@ -196,7 +197,7 @@ def test_sparse_walk_exact_in_float64(exp_times):
     cams = torch.rand(2, 11, 14, generator=gen, dtype=torch.float64)
     edge = torch.rand(1, 11, 14, generator=gen, dtype=torch.float64)
     for beta in (1, 10):
-        dense = indexing.propagate_to_edge_dense(cams, edge, beta=beta, exp_times=exp_times)
+        dense = dense_walk.propagate_to_edge_dense(cams, edge, beta=beta, exp_times=exp_times)
         sparse = indexing.propagate_to_edge(cams, edge, beta=beta, exp_times=exp_times)
         assert sparse.dtype == torch.float64
         assert torch.allclose(sparse, dense, rtol=0, atol=1e-12 * dense.abs().max().item())
@@ -206,7 +207,7 @@ def test_sparse_walk_other_radius_and_edge_shapes():
     gen = torch.Generator().manual_seed(3)
     cams = torch.rand(1, 13, 10, generator=gen, dtype=torch.float64)
     edge = torch.rand(1, 13, 10, generator=gen, dtype=torch.float64)
-    dense = indexing.propagate_to_edge_dense(cams, edge, radius=3, exp_times=3)
+    dense = dense_walk.propagate_to_edge_dense(cams, edge, radius=3, exp_times=3)
     for e in (edge, edge[0], edge[None]):
         sparse = indexing.propagate_to_edge(cams, e, radius=3, exp_times=3)
         assert torch.allclose(sparse, dense, atol=1e-12)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from misc import metrics, pyutils
+from voc12 import CLASS_NAMES
 from misc.imutils import bg_argmax
 from step.eval_cam import cam_to_label
 
@@ -14,7 +15,7 @@ def test_confusion_matrix_hand_count_with_ignored_pixels():
     pred = np.array([[0, 1, 1, 1],
                      [0, 2, 1, 0],
                      [2, 0, 1, 0]], np.uint8)
-    conf = metrics.ConfusionMatrix()
+    conf = metrics.ConfusionMatrix(CLASS_NAMES)
     conf.update(gt, pred)
     m = conf.mat
     assert m.sum() == 10  # the two 255 pixels are not counted, whatever was predicted there
@@ -32,7 +33,7 @@ def test_confusion_matrix_hand_count_with_ignored_pixels():
 
 def test_confusion_matrix_rejects_mismatched_shapes():
     with pytest.raises(pyutils.UserError, match="ground truth"):
-        metrics.ConfusionMatrix().update(np.zeros((4, 5), np.uint8), np.zeros((5, 4), np.uint8), "x")
+        metrics.ConfusionMatrix(CLASS_NAMES).update(np.zeros((4, 5), np.uint8), np.zeros((5, 4), np.uint8), "x")
 
 
 def test_background_threshold_argmax():
@@ -57,6 +58,6 @@ def test_cam_threshold_sweep_equals_one_evaluation_per_threshold():
         gt = rng.choice([0, 4, 12, 1, 255], size=(30, 40)).astype(np.uint8)
         got = curve_confusions(cam, keys, gt, CURVE)
         for i, t in enumerate(CURVE):
-            c = ConfusionMatrix()
+            c = ConfusionMatrix(CLASS_NAMES)
             c.update(gt, cam_to_label(cam, keys, t))
             assert np.array_equal(got[i], c.mat), (keys, t)

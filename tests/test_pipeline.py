@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import run_sample
-from misc import pyutils
+from misc import config, pyutils, stages
 from misc.imutils import read_image, read_label_png
 from voc12.dataloader import load_cls_labels, load_img_name_list
 
@@ -98,16 +98,14 @@ def test_rerun_skips_finished_images(pipeline_run, capsys):
 
 
 def test_stage_one_masks_the_pool_list_in_the_same_pass(tiny_devkit, tmp_path):
-    args = run_sample.build_parser().parse_args(devkit_flags(tiny_devkit, tmp_path) + ["--pool_source", "sem_seg"])
-    run_sample.resolve_defaults(args)
+    stage1, stage2 = stages.STAGES
+    args = config.resolve(devkit_flags(tiny_devkit, tmp_path) + ["--pool_source", "sem_seg"])
     assert args.pool_list == args.train_list
-    assert run_sample.stage_args(args, "stage1").sem_seg_lists == [args.infer_list, args.train_list]
-    assert run_sample.stage_args(args, "stage2").sem_seg_lists == [args.infer_list]
+    assert stages.stage_args(args, stage1).sem_seg_lists == [args.infer_list, args.train_list]
+    assert stages.stage_args(args, stage2).sem_seg_lists == [args.infer_list]
     for off in (["--stage2", "False"], ["--pool_source", "gt"], ["--no-make_instance_pool_pass"]):
-        args = run_sample.build_parser().parse_args(devkit_flags(tiny_devkit, tmp_path) + ["--pool_source", "sem_seg"]
-                                                    + off)
-        run_sample.resolve_defaults(args)
-        assert run_sample.stage_args(args, "stage1").sem_seg_lists == [args.infer_list]
+        args = config.resolve(devkit_flags(tiny_devkit, tmp_path) + ["--pool_source", "sem_seg"] + off)
+        assert stages.stage_args(args, stage1).sem_seg_lists == [args.infer_list]
     # the union, each image once, in order of first appearance
     train, infer = (load_img_name_list(str(tiny_devkit / f)) for f in ("train_aug.txt", "train.txt"))
     assert load_img_name_list([str(tiny_devkit / "train.txt"), str(tiny_devkit / "train_aug.txt")]) == \

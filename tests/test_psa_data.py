@@ -1,7 +1,6 @@
 """AffinityNet (PSA) data pieces against outputs of PSA's own code (tests/fixtures/psa_data_*.npz, see
 README_psa_data.md): pair indices, affinity labels, la/ha CRF, the affinity training sample, the random
 walk, crops and colour jitter (SPEC_RESNET38 section 6, checks 9, 10, 11, 14, 20)."""
-import argparse
 import os
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import dense_walk
 from misc import imutils, indexing, pyutils
 from step import cam_to_crf
 from voc12 import dataloader as dl
@@ -90,12 +90,15 @@ def _write_cams(devkit, cam_dir, names, seed=0):
         pyutils.save_npz(os.path.join(cam_dir, n + ".npz"), keys=keys, high_res=high)  # PSA's format: no `cam`
 
 
-def _crf_args(devkit, tmp_path, **kw):
-    return argparse.Namespace(**{
-        "train_list": str(devkit / "train.txt"), "voc12_root": str(devkit),
-        "cls_labels": str(devkit / "cls_labels.txt"), "cam_out_dir": str(tmp_path / "cam"),
-        "la_crf_dir": str(tmp_path / "crf_la"), "ha_crf_dir": str(tmp_path / "crf_ha"), "low_alpha": 4,
-        "high_alpha": 32, "num_workers": 1, "force": False, **kw})
+def _crf_args(devkit, tmp_path, *flags):
+    """cam_to_crf's stage I namespace as the driver resolves it."""
+    from misc import config, stages
+    d = str(devkit)
+    argv = ["--method", "psa", "--voc12_root", d, "--train_list", f"{d}/train.txt", "--val_list", f"{d}/val.txt",
+            "--cls_labels", f"{d}/cls_labels.txt", "--work_dir", str(tmp_path), "--cam_out_dir", str(tmp_path / "cam"),
+            "--la_crf_dir", str(tmp_path / "crf_la"), "--ha_crf_dir", str(tmp_path / "crf_ha"), "--num_workers", "1",
+            "--device", "cpu", *flags]
+    return stages.stage_args(config.resolve(argv), stages.STAGES[0])
 
 
 def test_cam_to_crf_step_writes_resumes_and_feeds_the_aff_dataset(tiny_devkit, tmp_path):
@@ -116,11 +119,11 @@ def test_cam_to_crf_step_writes_resumes_and_feeds_the_aff_dataset(tiny_devkit, t
     os.utime(la_path, (1e9, mtimes[n + ".npz"]))
     cam_to_crf.run(args)
     assert {p: os.path.getmtime(os.path.join(args.la_crf_dir, p)) for p in os.listdir(args.la_crf_dir)} == mtimes
-    cam_to_crf.run(_crf_args(tiny_devkit, tmp_path, low_alpha=2))
+    cam_to_crf.run(_crf_args(tiny_devkit, tmp_path, "--low_alpha", "2"))
     assert np.array_equal(dl.load_crf(args.la_crf_dir, n)[1], cam_to_crf.crf_scores(img, cam["high_res"], 2))
 
     # the AffinityNet data set reads them: shapes, labels, determinism per (seed, epoch, idx)
-    ds = dl.VOC12AffDataset(args.train_list, args.la_crf_dir, args.ha_crf_dir, 80, args.voc12_root, seed=3)
+    ds = dl.PSAAffinityDataset(args.train_list, args.la_crf_dir, args.ha_crf_dir, 80, args.voc12_root, seed=3)
     item = ds[1]
     assert item["img"].shape == (3, 80, 80) and item["img"].dtype == np.float32
     assert item["label"].shape == (10, 10) and item["label"].dtype == np.uint8
@@ -145,7 +148,7 @@ def test_cam_to_crf_errors(tiny_devkit, tmp_path):
     with pytest.raises(pyutils.UserError, match="does not fit"):
         cam_to_crf.run(args)
     with pytest.raises(pyutils.UserError, match="CRF folder not found"):
-        dl.VOC12AffDataset(args.train_list, str(tmp_path / "nope"), args.ha_crf_dir, 80, args.voc12_root)
+        dl.PSAAffinityDataset(args.train_list, str(tmp_path / "nope"), args.ha_crf_dir, 80, args.voc12_root)
 
 
 # ---------------------------------------------------------------- the affinity training sample (check 11)
@@ -170,7 +173,7 @@ def test_aff_sample_equals_psa(tmp_path):
     f = fixture("aff_sample")
     crop = int(f["crop"])
     names = _psa_sample_devkit(tmp_path, f)
-    ds = dl.VOC12AffDataset(str(tmp_path / "list.txt"), str(tmp_path / "la"), str(tmp_path / "ha"), crop,
+    ds = dl.PSAAffinityDataset(str(tmp_path / "list.txt"), str(tmp_path / "la"), str(tmp_path / "ha"), crop,
                             str(tmp_path), radius=5, color_jitter=None, hor_flip=True)
     worst = 0.0
     for j, name in enumerate(names):
@@ -225,8 +228,8 @@ def test_random_walk_equals_psa(j):
     # our dense path (the n x n matrix of PSA's construction) in float64: the same walk
     src, dst = indexing.pair_indices(5, scores.shape[1:])
     n = scores.shape[1] * scores.shape[2]
-    dense = indexing.affinity_sparse2dense(torch.from_numpy(f[f"aff{j}"]).double(), src, dst, n)
-    want = scores.double().reshape(21, n) @ indexing.to_transition_matrix(dense, beta=beta, times=logt)
+    dense = dense_walk.affinity_sparse2dense(torch.from_numpy(f[f"aff{j}"]).double(), src, dst, n)
+    want = scores.double().reshape(21, n) @ dense_walk.to_transition_matrix(dense, beta=beta, times=logt)
     got = indexing.random_walk(scores.double(), aff, radius=5, beta=beta, logt=logt)
     assert torch.allclose(got.reshape(21, n), want, rtol=1e-6, atol=1e-12)
 
@@ -241,9 +244,9 @@ def test_random_walk_equals_dense_on_random_grids(h, w, radius, logt):
     aff = indexing.pairs_to_grid(aff_pairs, (h, w), radius)
     aff = aff + (~indexing.source_mask((h, w), radius)) * torch.rand(aff.shape, generator=gen, dtype=torch.float64)
     src, dst = indexing.pair_indices(radius, (h, w))
-    dense = indexing.affinity_sparse2dense(aff_pairs, src, dst, h * w)
+    dense = dense_walk.affinity_sparse2dense(aff_pairs, src, dst, h * w)
     for beta in (1, 8):
-        want = x.reshape(3, -1) @ indexing.to_transition_matrix(dense, beta=beta, times=logt)
+        want = x.reshape(3, -1) @ dense_walk.to_transition_matrix(dense, beta=beta, times=logt)
         got = indexing.random_walk(x, aff, radius=radius, beta=beta, logt=logt)
         assert torch.allclose(got.reshape(3, -1), want, rtol=0, atol=1e-12)
 

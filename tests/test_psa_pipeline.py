@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import run_sample
-from misc import methods, pyutils
+from misc import config, pyutils
 from misc.imutils import read_image, read_label_png
 from voc12.dataloader import load_cls_labels, load_img_name_list
 
@@ -89,14 +89,22 @@ def test_psa_results_and_schedule(psa_run):
 
 
 def test_method_defaults_apply_before_parsing_and_flags_win(tmp_path):
-    args = run_sample.build_parser()
-    args.set_defaults(**methods.DEFAULTS["psa"])
-    a = args.parse_args(["--method", "psa", "--cam_num_epoches", "2"])
+    a = config.parse(["--method", "psa", "--cam_num_epoches", "2"])
     assert (a.cam_crop_size, a.cam_batch_size, a.cam_learning_rate, a.cam_weight_decay) == (448, 16, 0.1, 5e-4)
     assert (a.cam_eval_thres, a.beta, a.alpha, a.exp_times, a.high_alpha) == (0.2, 8, 16, 8, 32)
     assert a.cam_num_epoches == 2 and a.cam_val_crop == "center" and a.cam_val_crop_size == 500
-    assert methods.method_from_argv(["--demo", "--method=psa"]) == "psa"
-    assert methods.method_from_argv(["--demo"]) == "irn"
+    assert (a.cam_weights_name, a.cam_aug_weights_name) == ("sess/res38_cls.pth", "sess/res38_cls_aug.pth")
+    assert config.parse(["--demo", "--method=psa"]).resnet38_width == 0.125  # the psa demo's defaults
+    assert config.parse(["--demo"]).cam_crop_size == 96 and config.parse([]).cam_crop_size == 512
+
+
+@pytest.mark.parametrize("argv", [["--meth", "psa"], ["--dem"], ["--method", "psa", "--cam_num", "2"]])
+def test_abbreviated_flags_are_refused(argv, tmp_path, capsys):
+    """argparse would take --meth for --method, after the method's defaults were chosen from argv: refused."""
+    assert run_sample.main(argv + ["--work_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unrecognized arguments: ") and [a for a in argv if a.startswith("--")][-1] in err
+    assert err.count("\n") == 1
 
 
 def test_psa_too_small_images_are_a_user_error(tmp_path):

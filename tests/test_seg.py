@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from misc import pyutils
+from conftest import devkit_flags
+from misc import config, pyutils, stages, training
 from misc.imutils import read_image
 from misc.pyutils import UserError
 from net import deeplab
@@ -20,26 +21,20 @@ from voc12.seg_dataset import PseudoMaskStream, StreamSampler
 
 
 def seg_args(devkit, work, *flags, **attrs):
-    """Namespace as run_sample.py would hand it: the seg flags from train_seg.add_arguments, the rest set here."""
-    p = argparse.ArgumentParser()
-    train_seg.add_arguments(p.add_argument_group("segmentation"))
+    """The stage I namespace run_sample.py would hand the segmentation steps (config.resolve, stages.stage_args),
+    with attributes set by the test on top."""
     d = str(devkit)
     # the demo's network (DeepLab-v3+ on a ResNet-50 from scratch: v2's BatchNorm-free head does not learn from
     # random features), small; the multi-scale loss on
-    a = p.parse_args(["--seg_arch", "deeplabv3plus", "--seg_backbone_weights", "none", "--seg_backbone_depth", "50",
-                      "--seg_crop_size", "32", "--seg_batch_size", "2", "--seg_num_iters", "6",
-                      "--seg_checkpoint_every", "3",
-                      "--seg_learning_rate", "0.01", "--seg_infer_scales", "1.0", "0.5", "--seg_infer_flip", "True",
-                      "--seg_train_list", f"{d}/train_aug.txt", "--seg_val_list", f"{d}/val.txt",
-                      "--seg_label_dir", f"{d}/SegmentationClass", "--seg_test_list", "", *flags])
-    env = dict(voc12_root=d, device="cpu", amp=False, seed=0, num_workers=0, resume=False, force=False,
-               from_scratch=True, sem_seg_out_dir=str(work / "sem_seg"), results_path=str(work / "results.json"),
-               stage="stage1")
-    env.update(attrs)
-    for k, v in env.items():
+    argv = devkit_flags(devkit, work) + [
+        "--seg_arch", "deeplabv3plus", "--seg_backbone_weights", "none", "--seg_backbone_depth", "50",
+        "--seg_crop_size", "32", "--seg_batch_size", "2", "--seg_num_iters", "6", "--seg_checkpoint_every", "3",
+        "--seg_learning_rate", "0.01", "--seg_infer_scales", "1.0", "0.5", "--seg_infer_flip", "True",
+        "--seg_label_dir", f"{d}/SegmentationClass", "--seg_test_list", "", "--device", "cpu", "--num_workers", "0",
+        "--from_scratch", "--sem_seg_out_dir", str(work / "sem_seg"), *flags]
+    a = stages.stage_args(config.resolve(argv), stages.STAGES[0])
+    for k, v in attrs.items():
         setattr(a, k, v)
-    for name in ("seg_weights_name", "seg_out_dir", "seg_test_out_dir"):
-        setattr(a, name, str(work / getattr(a, name)))
     return a
 
 
@@ -163,6 +158,156 @@ def test_grouped_loss_equals_accumulated_half_batches():
     assert not torch.allclose(whole, ours, rtol=1e-4)
     assert whole.item() == pytest.approx(sum(float(F.cross_entropy(o.detach(), train_seg.resize_labels(label, o.shape[-2:]),
                                                                    ignore_index=255)) for o in logits), rel=1e-6)
+
+
+def grouped_single_pass_loss(outputs, label, iter_size):
+    """The straightforward single-pass formulation: one forward of the whole batch, each of its iter_size
+    groups of consecutive images averaged over its own labelled pixels (F.cross_entropy's mean), / iter_size."""
+    n = label.shape[0] // iter_size
+    total = 0
+    for g in range(iter_size):
+        part = slice(g * n, (g + 1) * n)
+        for o in outputs:
+            total = total + F.cross_entropy(o[part], train_seg.resize_labels(label[part], o.shape[-2:]),
+                                            ignore_index=255) / iter_size
+    return total
+
+
+def frozen_deeplab(scales=(0.5,)):
+    """DeepLab-v2 on ResNet-50, BatchNorm frozen (the faithful mode) with statistics that keep activations tame."""
+    torch.manual_seed(0)
+    net = deeplab.build("deeplabv2", 50, "none")
+    gen = torch.Generator().manual_seed(1)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1, generator=gen)
+            m.running_var.uniform_(1.0, 4.0, generator=gen)
+    for c in net.head.branches:
+        torch.nn.init.normal_(c.bias, std=0.1, generator=gen)
+    assert not train_seg.uses_batch_statistics(net)
+    return deeplab.MultiScaleTrainer(net, scales).train()
+
+
+def test_accumulated_passes_equal_one_grouped_forward():
+    """--seg_iter_size 2 with frozen BatchNorm: two forward/backward passes of half the batch (training.fit's
+    accumulation with train_seg's per-pass loss) give the gradients of one forward of the whole batch with the
+    group-averaged loss, to float precision; so does the loss."""
+    model = frozen_deeplab()
+    gen = torch.Generator().manual_seed(0)
+    img = torch.randn(4, 3, 41, 33, generator=gen)
+    label = torch.randint(0, 21, (4, 41, 33), generator=gen)
+    label[0, :30] = 255  # the first group has far fewer labelled pixels than the second
+    label[3, :, :10] = 255
+
+    model.zero_grad()
+    ref_loss = grouped_single_pass_loss(model(img), label, 2)
+    ref_loss.backward()
+    ref = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    def loss_fn(m, batch):  # train_seg.run's, one group per pass
+        loss = train_seg.segmentation_loss(m(batch["img"]), batch["label"], 1, 2)
+        return loss, {"loss": loss.item()}
+    passes = []
+    model.register_forward_pre_hook(lambda m, inp: passes.append(inp[0].shape[0]))
+    model.zero_grad()
+    loss, logs = training.accumulate_gradients(model, {"img": img, "label": label, "name": list("abcd")},
+                                               loss_fn, 2, "cpu")
+    assert passes == [2, 2]
+    acc = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+    assert acc.keys() == ref.keys() and len(ref) == 61  # every conv of ResNet-50 and the 4 ASPP branches
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-6) and logs["loss"] == pytest.approx(loss, rel=1e-12)
+    worst = max(float((acc[k] - ref[k]).abs().max() / ref[k].abs().max().clamp(min=1e-30)) for k in ref)
+    assert worst < 1e-4, worst  # relative to each tensor's largest gradient
+    total = torch.cat([(acc[k] - ref[k]).flatten() for k in ref]).norm() / torch.cat([ref[k].flatten() for k in ref]).norm()
+    assert total < 1e-5, float(total)
+    print(f"accumulated vs single grouped forward: loss {loss:.8f} vs {ref_loss.item():.8f}, gradients max "
+          f"relative difference per tensor {worst:.2e}, over all {float(total):.2e}")
+
+
+def test_split_batch_keeps_order_and_names():
+    batch = {"img": torch.arange(6).view(6, 1), "label": torch.arange(6) * 10, "name": list("abcdef")}
+    parts = training.split_batch(batch, 3)
+    assert [p["name"] for p in parts] == [["a", "b"], ["c", "d"], ["e", "f"]]
+    assert torch.equal(torch.cat([p["img"] for p in parts]), batch["img"]) and parts[2]["label"].tolist() == [40, 50]
+    with pytest.raises(ValueError):
+        training.split_batch(batch, 4)
+
+
+def test_batch_statistics_decide_between_passes_and_one_forward():
+    assert not train_seg.uses_batch_statistics(deeplab.build("deeplabv2", 50, "none"))
+    assert train_seg.uses_batch_statistics(deeplab.build("deeplabv2", 50, "none", from_scratch=True))
+    assert train_seg.uses_batch_statistics(deeplab.build("deeplabv3plus", 50, "none"))  # the head's BatchNorm
+
+
+def count_forwards(monkeypatch):
+    """Batch sizes of every MultiScaleTrainer forward from now on."""
+    sizes = []
+    forward = deeplab.MultiScaleTrainer.forward
+
+    def counted(self, x):
+        sizes.append(int(x.shape[0]))
+        return forward(self, x)
+    monkeypatch.setattr(deeplab.MultiScaleTrainer, "forward", counted)
+    return sizes
+
+
+def test_train_seg_accumulates_as_one_grouped_forward(tiny_devkit, tmp_path, monkeypatch, capsys):
+    """train_seg with frozen BatchNorm and --seg_iter_size 2 runs 2 passes of 2 per step of 4; its weights after
+    two steps equal those of the single-forward path (one forward of 4, the loss averaged per group of 2)."""
+    flags = ("--seg_arch", "deeplabv2", "--seg_batch_size", "4", "--seg_iter_size", "2", "--seg_num_iters", "2",
+             "--seg_checkpoint_every", "2", "--seg_msc_scales", "0.5", "--seg_learning_rate", "1e-3")
+    pyutils.setup_logging()
+    sizes = count_forwards(monkeypatch)
+    acc = seg_args(tiny_devkit, tmp_path / "acc", *flags, from_scratch=False)
+    train_seg.run(acc)
+    assert sizes == [2, 2, 2, 2]
+    assert "--seg_iter_size 2: 2 forward/backward passes of 2 accumulated" in capsys.readouterr().out
+    sizes.clear()
+    monkeypatch.setattr(train_seg, "uses_batch_statistics", lambda net: True)  # the from-scratch path's layout
+    one = seg_args(tiny_devkit, tmp_path / "one", *flags, from_scratch=False)
+    train_seg.run(one)
+    assert sizes == [4, 4]
+    assert "one forward, the loss averaged per group of 2" in capsys.readouterr().out
+    a = torch.load(acc.seg_weights_name, weights_only=True)
+    b = torch.load(one.seg_weights_name, weights_only=True)
+    moved = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
+    assert any(k.startswith("head.branches") for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert moved  # two forwards of 2 and one of 4 round differently: a real comparison
+    print(f"train_seg accumulated vs one grouped forward, 2 steps: {len(moved)} of {len(a)} tensors differ, largest "
+          f"difference {max(float((a[k] - b[k]).abs().max()) for k in moved):.2e}")
+
+
+def test_from_scratch_keeps_one_forward(tiny_devkit, tmp_path, monkeypatch, capsys):
+    """The demo's mode (BatchNorm in training mode): one forward of the whole batch, as before accumulation."""
+    pyutils.setup_logging()
+    sizes = count_forwards(monkeypatch)
+    train_seg.run(seg_args(tiny_devkit, tmp_path, "--seg_batch_size", "4", "--seg_num_iters", "1",
+                           "--seg_checkpoint_every", "1", "--seg_msc_scales"))
+    assert sizes == [4]
+    out = capsys.readouterr().out
+    assert "one forward, the loss averaged per group of 2; not 2 accumulated passes" in out and "--from_scratch" in out
+
+
+def test_two_processes_accumulate_their_own_groups(tiny_devkit, tmp_path, monkeypatch):
+    """torchrun, 2 processes, global batch 8 in 4 groups (--seg_iter_size 4): each process accumulates 2 passes
+    of 2 (DDP averages the gradients once, on the last), and the step equals one process's 4 passes of 2."""
+    import test_dist
+    one, two = tmp_path / "one", tmp_path / "two"
+
+    def flags(work):
+        return test_dist.base_flags(tiny_devkit, work) + ["--stage2", "False"] + \
+            [f"--{s}_pass=False" for s in test_dist.run_sample.STAGE1_STEPS] + [
+            "--train_seg_pass=True", "--seg_label_dir", str(tiny_devkit / "SegmentationClass"),
+            "--seg_arch", "deeplabv2", "--seg_backbone_depth", "50", "--seg_backbone_weights", "none",
+            "--seg_crop_size", "32", "--seg_batch_size", "8", "--seg_iter_size", "4", "--seg_num_iters", "1",
+            "--seg_checkpoint_every", "1", "--seg_learning_rate", "0.01", "--seg_msc_scales"]
+    monkeypatch.setattr(training, "save_weights", test_dist.save_per_rank)
+    moved = test_dist.train_one_step_both_ways(one, two, flags(one), flags(two), "deeplab.pth",
+                                               lambda: deeplab.build("deeplabv2", 50, "none"))
+    assert any(k.startswith("head.branches") for k in moved) and any(k.startswith("backbone.layer4") for k in moved)
+    assert "4 forward/backward passes of 2 accumulated, 2 in each process" in (two / "run.log").read_text()
 
 
 def test_loss_groups_must_be_whole_per_process():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from misc import imutils, pyutils, training
+from misc import cams, config, imutils, pyutils, stages, training
 from misc.pyutils import UserError
 from net import resnet50_cam
 from step import cam_to_ir_label, make_cam
@@ -42,11 +42,17 @@ def test_batched_cams_equal_per_scale_path(cam_net):
                 assert (got - ref).abs().max() <= 1e-3 * ref.abs().max()
 
 
+def _step_args(devkit, work, *flags):
+    """A step's stage I namespace as the driver resolves it, on the tiny devkit's train list."""
+    d = str(devkit)
+    argv = ["--voc12_root", d, "--train_list", f"{d}/train.txt", "--val_list", f"{d}/val.txt",
+            "--cls_labels", f"{d}/cls_labels.txt", "--work_dir", str(work), "--device", "cpu", "--force", *flags]
+    return stages.stage_args(config.resolve(argv), stages.STAGES[0])
+
+
 def _make_cam_args(devkit, out_dir, weights, batch, num_workers=0):
-    return argparse.Namespace(device="cpu", amp=False, cam_weights_name=str(weights),
-                              train_list=str(devkit / "train.txt"), voc12_root=str(devkit),
-                              cls_labels=str(devkit / "cls_labels.txt"), cam_scales=(1.0, 0.5),
-                              cam_out_dir=str(out_dir), force=True, num_workers=num_workers, cam_infer_batch=batch)
+    return _step_args(devkit, out_dir, "--cam_weights_name", str(weights), "--cam_scales", "1.0", "0.5",
+                      "--cam_out_dir", str(out_dir), "--num_workers", str(num_workers), "--cam_infer_batch", str(batch))
 
 
 def test_make_cam_run_batched_equals_one_image_per_forward(tiny_devkit, tmp_path, cam_net):
@@ -137,7 +143,7 @@ def _fake_cams(devkit, cam_dir, names):
         high = np.stack([imutils.pil_resize(c, (h, w), 1) for c in coarse]).astype(np.float32)
         high = (high / high.max(axis=(1, 2), keepdims=True)) ** 4  # background, unsure and foreground parts
         cam = high[:, ::4, ::4].copy()
-        pyutils.save_npz(make_cam.cam_path(str(cam_dir), name), keys=keys, cam=cam, high_res=high)
+        pyutils.save_npz(cams.cam_path(str(cam_dir), name), keys=keys, cam=cam, high_res=high)
 
 
 def test_cam_to_ir_label_pool_is_byte_identical(tiny_devkit, tmp_path):
@@ -145,10 +151,8 @@ def test_cam_to_ir_label_pool_is_byte_identical(tiny_devkit, tmp_path):
     _fake_cams(tiny_devkit, tmp_path / "cam", names)
     outs = {}
     for workers in (1, 2):
-        args = argparse.Namespace(train_list=str(tiny_devkit / "train.txt"), voc12_root=str(tiny_devkit),
-                                  cls_labels=str(tiny_devkit / "cls_labels.txt"),
-                                  cam_out_dir=str(tmp_path / "cam"), ir_label_out_dir=str(tmp_path / f"ir{workers}"),
-                                  conf_fg_thres=0.30, conf_bg_thres=0.05, num_workers=workers, force=True)
+        args = _step_args(tiny_devkit, tmp_path, "--cam_out_dir", str(tmp_path / "cam"), "--ir_label_out_dir",
+                          str(tmp_path / f"ir{workers}"), "--num_workers", str(workers))
         cam_to_ir_label.run(args)
         outs[workers] = {n: (tmp_path / f"ir{workers}" / f"{n}.png").read_bytes() for n in names}
     assert outs[1] == outs[2]

@@ -84,7 +84,7 @@ def test_checkpoint_errors(tmp_path):
 def test_cda_reference_schedule_takes_twice_max_step_with_the_lr_at_its_floor():
     """CDA computes max_step from the full batch and steps in half batches (--cda_max_step reference)."""
     import types
-    from step.train_cam import cam_max_step
+    from misc.classifier import cam_max_step
     args = types.SimpleNamespace(cam_batch_size=16, cam_num_epoches=5, cda_max_step="reference")
     assert cam_max_step(10582, 10582 // 8, args, cda=True) == 3305  # VOC train_aug: 6,610 steps are taken
     assert cam_max_step(10582, 10582 // 16, args, cda=False) == 3305  # stage I: the loader's own steps

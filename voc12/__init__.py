@@ -9,3 +9,4 @@ CAT_LIST = [
 ]
 N_CAT = len(CAT_LIST)
 CAT_NAME_TO_IDX = {name: i for i, name in enumerate(CAT_LIST)}
+CLASS_NAMES = ["background"] + CAT_LIST  # the segmentation labels 0..20

@@ -65,6 +65,23 @@ def get_img_path(name, voc12_root):
     return os.path.join(voc12_root, IMG_FOLDER, name + ".jpg")
 
 
+def eval_ids(voc12_root, eval_set, eval_list=None):
+    """Ids of the evaluation split: --eval_list if given, else ImageSets/Segmentation/<eval_set>.txt of the
+    devkit, as the reference (chainer_eval_set)."""
+    if eval_list:
+        return load_img_name_list(eval_list)
+    return load_img_name_list(os.path.join(voc12_root, "ImageSets", "Segmentation", eval_set + ".txt"))
+
+
+def gt_mask(voc12_root, name):
+    """The ground truth of `name`, checked against its image's size and VOC's labels (0..20, 255): a bad
+    mask is named as such instead of passing for a wrong prediction."""
+    path = os.path.join(voc12_root, "SegmentationClass", name + ".png")
+    require_file(path, "ground-truth mask", "the devkit needs SegmentationClass/ for evaluation")
+    size = imutils.image_size(get_img_path(name, voc12_root))
+    return imutils.read_label_png(path, size=size, num_classes=N_CAT + 1)
+
+
 class _Seeded:
     """Per-item generators from (seed, epoch, idx): independent of worker count and load order."""
 
@@ -261,8 +278,8 @@ def load_crf(crf_dir, name, size=None):
     return keys.astype(np.int64), crf.astype(np.float32, copy=False)
 
 
-class VOC12AffDataset(VOC12ImageDataset):
-    """AffinityNet training samples from the la/ha CRF score maps (PSA's VOC12AffDataset with
+class PSAAffinityDataset(VOC12ImageDataset):
+    """AffinityNet's (PSA's) training samples from the la/ha CRF score maps (PSA's VOC12AffDataset with
     train_aff.py's transforms, SPEC_RESNET38 2.3):
 
     colour jitter of the uint8 image; one random crop of the image (padded with 0 in raw pixel values,
@@ -338,3 +355,21 @@ class VOC12AffDataset(VOC12ImageDataset):
         bg_pos, fg_pos, neg = affinity_labels(label, self.indices_from, self.indices_to)
         return {"name": name, "img": img, "label": label,
                 "aff_bg_pos_label": bg_pos, "aff_fg_pos_label": fg_pos, "aff_neg_label": neg}
+
+
+def classification_sets(args, validation=True):
+    """The classifier's training set (random long side in --cam_resize_long, flip, --cam_color_jitter, random
+    --cam_crop_size crop) and its validation set (--cam_val_crop: IRNet's top-left crop, PSA's centre crop, or
+    none, of --cam_val_crop_size), or None without validation (SEAM)."""
+    jitter = tuple(args.cam_color_jitter) if args.cam_color_jitter is not None else None
+    train_set = VOC12ClassificationDataset(args.train_list, args.voc12_root, args.cls_labels,
+                                           resize_long=tuple(args.cam_resize_long), hor_flip=True,
+                                           crop_size=args.cam_crop_size, crop_method="random", seed=args.seed,
+                                           color_jitter=jitter)
+    if not validation:
+        return train_set, None
+    crop = args.cam_val_crop
+    val_set = VOC12ClassificationDataset(args.val_list, args.voc12_root, args.cls_labels,
+                                         crop_size=None if crop == "none" else args.cam_val_crop_size,
+                                         crop_method=None if crop == "none" else crop, seed=args.seed)
+    return train_set, val_set

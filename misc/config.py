@@ -1,0 +1,205 @@
+"""The configuration of a run, resolved once: resolve(argv) -> args, which the steps read and never re-default.
+
+In order: the method's and the demo's defaults (chosen by a first parse of --method and --demo alone, so an
+explicit flag still wins), the full parse (no abbreviated flags: `--meth psa` is an error, not IRNet's defaults
+for PSA), the defaults that follow other flags, the checks, the paths under --work_dir.
+
+The parser is assembled from the flags' owners: each step module (and misc.classifier, which the three
+classifier steps share) has add_arguments(group) and check_arguments(args) for its own flags; this module has
+the environment, the data lists, the outputs (misc/stages.py) and the step switches.
+"""
+import argparse
+import importlib
+import os
+
+import torch
+
+from misc import demo, dist, imutils, methods, pyutils, stages
+from misc.pyutils import str2bool
+
+# Owners of flags, in the order of --help: (module, group title)
+OWNERS = (
+    ("misc.classifier", "classifier training (train_cam, train_cls, train_seam) and CDA's paired samples (stage II)"),
+    ("step.make_cam", "class activation maps (make_cam, infer_cls, infer_seam)"),
+    ("step.eval_cam", "CAM evaluation (eval_cam)"),
+    ("step.cam_to_ir_label", "IR labels (irn: cam_to_ir_label)"),
+    ("step.train_irn", "inter-pixel relation network (irn: train_irn)"),
+    ("step.make_sem_seg_labels", "random walk (make_sem_seg, infer_aff)"),
+    ("step.train_seam", "SEAM (seam: train_seam)"),
+    ("step.cam_to_crf", "la/ha CRF score maps (psa, seam: cam_to_crf)"),
+    ("step.train_aff", "AffinityNet (psa, seam: train_aff, infer_aff)"),
+    ("step.infer_aff", "AffinityNet's walk (psa, seam: infer_aff)"),
+    ("step.make_instance_pool", "instance pool (stage II: make_instance_pool)"),
+    ("step.train_seg", "segmentation network (train_seg, eval_seg; kazuto1011/deeplab-pytorch's VOC configuration)"),
+)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        # a mistyped flag is a bad input like any other: one line and exit status 2, not the usage block
+        raise pyutils.UserError(f"{message} (see python run_sample.py --help)")
+
+
+def add_switch(group, name, help=None):
+    """--name True|False (as in the reference, but typed) and --no-name."""
+    group.add_argument(f"--{name}", type=str2bool, nargs="?", const=True, default=True, metavar="BOOL", help=help)
+    group.add_argument(f"--no-{name}", dest=name, action="store_false", help=argparse.SUPPRESS)
+
+
+def flag(group, name, help=None, **kw):
+    """A boolean flag: --name, --name True|False."""
+    group.add_argument(f"--{name}", type=str2bool, nargs="?", const=True, default=kw.pop("default", False),
+                       metavar="BOOL", help=help, **kw)
+
+
+def build_parser(description=None):
+    p = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       allow_abbrev=False)
+    env = p.add_argument_group("environment")
+    env.add_argument("--method", default="irn", choices=methods.METHODS,
+                     help="first-round method: irn (IRNet, ResNet-50), psa (AffinityNet, ResNet-38) or seam (SEAM, "
+                          "ResNet-38); sets the step list and the method's reference defaults (explicit flags win)")
+    env.add_argument("--voc12_root", help="VOC 2012 devkit: JPEGImages/, SegmentationClass/, ImageSets/")
+    env.add_argument("--work_dir", default="work", help="every output goes under this folder")
+    env.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                     help="cuda when available, else cpu")
+    env.add_argument("--num_workers", default=min(8, os.cpu_count() or 1), type=int,
+                     help="data-loader workers and CRF processes (default: cores, at most 8)")
+    env.add_argument("--seed", default=0, type=int, help="seeds weights, shuffles and every augmentation")
+    flag(env, "amp", "bf16 autocast on CUDA (no effect on CPU)")
+    flag(env, "resume", "continue training from the last epoch checkpoint (<weights>.ckpt, kept after training: "
+                        "a finished training is left as it is)")
+    flag(env, "force", "redo per-image outputs that already exist and are newer than their inputs")
+    env.add_argument("--crf_backend", default="auto", choices=["auto", "pydensecrf", "torch"],
+                     help="every dense CRF: pydensecrf (C++, CPU, a process per core) or torch (misc/densecrf.py, "
+                          "the same CRF batched on --device); auto: torch on CUDA, else pydensecrf")
+    env.add_argument("--crf_batch", default=8, type=int, help="images per torch CRF call")
+    env.add_argument("--demo", action="store_true",
+                     help="toy devkit and CPU-sized settings; a randomly initialised backbone trained from scratch")
+
+    data = p.add_argument_group("dataset")
+    data.add_argument("--train_list", default="voc12/train_aug.txt",
+                      help="images that train both networks (and get CAMs and IR labels)")
+    data.add_argument("--val_list", default="voc12/val.txt", help="validation loss of the classifier")
+    data.add_argument("--infer_list", default="voc12/train.txt",
+                      help="images that get pseudo masks (evaluated as --chainer_eval_set)")
+    data.add_argument("--pool_list", default=None,
+                      help="images whose stage I pseudo masks feed the instance pool (default: --train_list, as "
+                           "CDA: stage I's walk then masks these too, in the same pass)")
+    data.add_argument("--cls_labels", default="voc12/cls_labels.txt",
+                      help="image-level labels: <id> <class name> ... per line")
+    data.add_argument("--chainer_eval_set", default="train",
+                      help="split of <voc12_root>/ImageSets/Segmentation evaluated by the eval steps")
+    data.add_argument("--eval_list", default=None,
+                      help="list file to evaluate instead of --chainer_eval_set (e.g. a held-out list)")
+
+    nets = p.add_argument_group("networks")
+    nets.add_argument("--backbone_weights", default="imagenet",
+                      help="imagenet | none | PATH: a ResNet-50 state dict (irn); a ResNet-38 .params or .pth "
+                           "(psa, seam)")
+    flag(nets, "from_scratch", "demo only: train every stage with BatchNorm in training mode")
+    nets.add_argument("--resnet38_width", default=1.0, type=float,
+                      help="channels of ResNet-38 times this (1 = the reference network; the toy demo uses a "
+                           "narrower one, trained from scratch)")
+
+    for module, title in OWNERS:
+        importlib.import_module(module).add_arguments(p.add_argument_group(title))
+    p.add_argument("--seg_stages", default="all", choices=["all", "last"],
+                   help="train and score a segmentation network on the pseudo masks of every stage that ran, or of "
+                        "the last one only")
+
+    out = p.add_argument_group("outputs (relative paths are under --work_dir)")
+    out.add_argument("--log_name", default="run.log", help="log file")
+    out.add_argument("--pool_dir", default="instance_pool", help="stage II: the instance pool")
+    stages.add_arguments(out)
+
+    switches = p.add_argument_group("steps (each takes True/False; --no-<step> turns one off)")
+    for stage in stages.STAGES:
+        add_switch(switches, stage.name, f"run {stage.label}")
+    for stage in stages.STAGES:
+        for step in stage.first_steps + methods.ALL_STEPS:
+            if stages.switch(stage, step) not in {a.dest for a in switches._group_actions}:
+                add_switch(switches, stages.switch(stage, step))
+    return p
+
+
+def parse(argv, description=None):
+    """Parse with the method's and (with --demo) the demo's defaults in place."""
+    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    first.add_argument("--method", default="irn")
+    first.add_argument("--demo", action="store_true")
+    known, _ = first.parse_known_args(argv)
+    parser = build_parser(description)
+    if known.method in methods.DEFAULTS:  # an unknown one is reported by the full parse
+        parser.set_defaults(**methods.DEFAULTS[known.method])
+        parser.set_defaults(**stages.output_defaults(methods.OUTPUTS[known.method]))
+    if known.demo:
+        parser.set_defaults(**demo.defaults(known.method))
+    return parser.parse_args(argv)
+
+
+def derive(args):
+    """Defaults that follow other flags. Returns log lines about them."""
+    notes = []
+    args.pool_list = args.pool_list or args.train_list
+    args.seg_train_list = args.seg_train_list or args.train_list
+    args.seg_val_list = args.seg_val_list or args.val_list
+    if args.seg_test_list is None:
+        test = os.path.join(args.voc12_root or "", "ImageSets", "Segmentation", "test.txt")
+        args.seg_test_list = test if args.voc12_root and os.path.isfile(test) else ""
+        if not args.seg_test_list:
+            notes.append(f"no test-set predictions: {test} is not there (VOC 2012 test is a separate download; "
+                         "or pass --seg_test_list)")
+    if args.cam_val_crop_size is None:
+        args.cam_val_crop_size = args.cam_crop_size
+    if args.cam_infer_batch is None:  # batching same-size images fills a GPU; on a CPU it gains little
+        args.cam_infer_batch = 4 if str(args.device).startswith("cuda") else 1
+    args.crf_backend = imutils.resolve_crf_backend(args.crf_backend, args.device)
+    for name in ("irn_backbone_weights", "aff_backbone_weights"):  # 'cam' is resolved per stage
+        if not getattr(args, name):
+            setattr(args, name, args.backbone_weights)
+    return notes
+
+
+def check(args):
+    """Nonsense flags: one line, exit 2, before anything runs."""
+    for module, _ in OWNERS:
+        importlib.import_module(module).check_arguments(args)
+    pyutils.require_range(args, ("num_workers",), at_least=0)
+    pyutils.require_range(args, ("crf_batch",), at_least=1)
+    if not 0 < args.resnet38_width <= 1:
+        raise pyutils.UserError(f"--resnet38_width must be within (0, 1], got {args.resnet38_width}")
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise pyutils.UserError(f"--device {args.device}, but PyTorch sees no CUDA device here; use --device cpu")
+    if args.voc12_root is None:
+        raise pyutils.UserError("--voc12_root is required (the VOC 2012 devkit folder), or use --demo")
+    pyutils.require_dir(os.path.join(args.voc12_root, "JPEGImages"), "JPEGImages folder of --voc12_root",
+                        "point --voc12_root at VOCdevkit/VOC2012")
+
+
+def resolve_paths(args):
+    def under(p):
+        return p if os.path.isabs(p) else os.path.join(args.work_dir, p)
+    args.log_name, args.pool_dir = under(args.log_name), under(args.pool_dir)
+    for name, path in stages.all_outputs(args):
+        setattr(args, name, under(path))
+    args.results_path = os.path.join(args.work_dir, "results.json")
+    args.cda_samples_path = os.path.join(args.work_dir, "cda_samples.png")
+
+
+def resolve(argv, description=None, distributed=False, write_toy=None):
+    """The run's configuration from the command line, checked. distributed: join torchrun's process group
+    (the checks need the number of processes). write_toy(root, **toy): writes the demo's toy devkit when it is
+    missing (rank 0 only; the others wait for it)."""
+    args = parse(argv, description)
+    if distributed:
+        args.device = dist.init_distributed_mode(args.device)
+    if args.demo:
+        toy = demo.point_at_toy(args)
+        if toy and write_toy and dist.is_main():
+            write_toy(args.voc12_root, **toy)
+        dist.barrier()
+    args.config_notes = derive(args)
+    check(args)
+    resolve_paths(args)
+    return args
