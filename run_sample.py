@@ -79,6 +79,17 @@ def results_table(results, method="irn"):
     return "\n".join(lines)
 
 
+def check_inputs(args):
+    """Every list, label, weights file and output folder the enabled steps need, before the first one starts."""
+    from voc12 import dataloader
+    lists, files, evaluates = config.inputs(args)
+    for what, path in files:
+        pyutils.require_file(path, what, "train it in this run (its step switch) or pass the right path")
+    ids = dataloader.eval_ids(args.voc12_root, args.chainer_eval_set, args.eval_list) if evaluates else None
+    dataloader.check_inputs(args.voc12_root, lists, args.cls_labels, ids)
+    config.check_writable(args.work_dir)
+
+
 def setup(args, argv):
     os.makedirs(os.path.join(args.work_dir, "sess"), exist_ok=True)
     pyutils.setup_logging(args.log_name if dist.is_main() else None)
@@ -108,6 +119,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = config.resolve(argv, description=__doc__, distributed=True, write_toy=write_toy)
+        check_inputs(args)
         setup(args, argv)
         run_pipeline(args)
         if dist.is_main():

@@ -11,6 +11,7 @@ the environment, the data lists, the outputs (misc/stages.py) and the step switc
 import argparse
 import importlib
 import os
+import tempfile
 
 import torch
 
@@ -104,9 +105,6 @@ def build_parser(description=None):
 
     for module, title in OWNERS:
         importlib.import_module(module).add_arguments(p.add_argument_group(title))
-    p.add_argument("--seg_stages", default="all", choices=["all", "last"],
-                   help="train and score a segmentation network on the pseudo masks of every stage that ran, or of "
-                        "the last one only")
 
     out = p.add_argument_group("outputs (relative paths are under --work_dir)")
     out.add_argument("--log_name", default="run.log", help="log file")
@@ -114,6 +112,9 @@ def build_parser(description=None):
     stages.add_arguments(out)
 
     switches = p.add_argument_group("steps (each takes True/False; --no-<step> turns one off)")
+    switches.add_argument("--seg_stages", default="all", choices=["all", "last"],
+                          help="train and score a segmentation network on the pseudo masks of every stage that ran, "
+                               "or of the last one only")
     for stage in stages.STAGES:
         add_switch(switches, stage.name, f"run {stage.label}")
     for stage in stages.STAGES:
@@ -203,3 +204,53 @@ def resolve(argv, description=None, distributed=False, write_toy=None):
     check(args)
     resolve_paths(args)
     return args
+
+
+# Which steps read which list (the per-image steps of every method and the training steps)
+LIST_READERS = {
+    "train_list": ("train_cam", "train_cls", "train_seam", "make_cam", "infer_cls", "infer_seam", "cam_to_ir_label",
+                   "cam_to_crf", "train_irn", "train_aff"),
+    "val_list": ("train_cam", "train_cls"),
+    "infer_list": ("train_irn", "make_sem_seg", "infer_aff"),
+    "pool_list": ("make_instance_pool",),
+    "seg_train_list": ("train_seg",),
+    "seg_val_list": ("eval_seg",),
+}
+# Weights a step loads, with the step that writes them: made earlier in the run, or already on disk
+WEIGHTS_READERS = (("cam_weights_name", ("make_cam", "infer_cls", "infer_seam")),
+                   ("irn_weights_name", ("make_sem_seg",)), ("aff_weights_name", ("infer_aff",)),
+                   ("seg_weights_name", ("eval_seg",)))
+WEIGHTS_WRITERS = {"cam_weights_name": ("train_cam", "train_cls", "train_seam"), "irn_weights_name": ("train_irn",),
+                   "aff_weights_name": ("train_aff",), "seg_weights_name": ("train_seg",)}
+BACKBONE_FLAGS = ("backbone_weights", "irn_backbone_weights", "aff_backbone_weights", "seg_backbone_weights")
+
+
+def inputs(args):
+    """What the enabled steps will read, known before the first one starts: the list files (flag, path), the
+    weights files that must already exist (what, path), and whether the evaluation split is read."""
+    on = [(s, step) for s in stages.ran(args) for step in stages.steps(args, s)]
+    steps = {step for _, step in on}
+    lists = [(flag, getattr(args, flag)) for flag, readers in LIST_READERS.items() if steps & set(readers)]
+    if "eval_seg" in steps and args.seg_test_list:
+        lists.append(("seg_test_list", args.seg_test_list))
+    files = [(f"--{flag}", getattr(args, flag)) for flag in BACKBONE_FLAGS
+             if getattr(args, flag) not in (None, "", "none", "imagenet", "cam")]
+    for stage in stages.ran(args):
+        done = set()  # steps of this stage that run before
+        for step in stages.steps(args, stage):
+            for name, readers in WEIGHTS_READERS:
+                if step in readers and not done & set(WEIGHTS_WRITERS[name]):
+                    files.append((f"{stage.label} {step}: weights", stages.output(args, stage, name)))
+            done.add(step)
+    return lists, files, bool(steps & {"eval_cam", "eval_sem_seg"})
+
+
+def check_writable(folder):
+    """UserError unless `folder` can be made and written."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # removed on close
+            pass
+    except OSError as e:
+        raise pyutils.UserError(f"cannot write into {folder} ({e.__class__.__name__}: {e}); pick another --work_dir "
+                                "or fix its permissions")

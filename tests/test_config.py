@@ -133,3 +133,36 @@ def test_driver_is_short():
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.FunctionDef):
             assert node.end_lineno - node.lineno + 1 <= 60, node.name
+
+
+# ---------------------------------------------------------------- inputs checked before the first step
+
+def _labels_without(devkit, tmp_path, name):
+    path = tmp_path / "labels.txt"
+    path.write_text("".join(line for line in open(devkit / "cls_labels.txt") if not line.startswith(name)))
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["seg_test_list", "pool_labels", "work_dir", "backbone_weights", "cam_weights"])
+def test_inputs_are_checked_before_the_first_step(case, tiny_devkit, tmp_path, capsys):
+    """Each of these used to stop the run only when the step that reads it came (minutes in, on VOC)."""
+    import time
+    pool = tmp_path / "pool.txt"
+    pool.write_text(open(tiny_devkit / "heldout.txt").read())  # images of the devkit outside --train_list
+    first = pool.read_text().split()[0]
+    (tmp_path / "a_file").write_text("")
+    argv, words = {
+        "seg_test_list": (["--seg_test_list", str(tmp_path / "absent.txt"), "--eval_seg_pass", "True"],
+                          ["--seg_test_list", "absent.txt", "not found"]),
+        "pool_labels": (["--pool_list", str(pool), "--cls_labels", _labels_without(tiny_devkit, tmp_path, first)],
+                        ["no image-level labels", "--pool_list", first]),
+        "work_dir": (["--work_dir", str(tmp_path / "a_file" / "work")], ["cannot write into", "a_file"]),
+        "backbone_weights": (["--backbone_weights", str(tmp_path / "nope.pth")], ["--backbone_weights", "nope.pth"]),
+        "cam_weights": (["--train_cam_pass", "False"], ["stage I make_cam: weights", "res50_cam.pth"]),
+    }[case]
+    start = time.time()
+    assert run_sample.main(own_lists(tiny_devkit, tmp_path / "w") + ["--device", "cpu"] + argv) == 2
+    assert time.time() - start < 10
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(w in err for w in words), err
+    assert not (tmp_path / "w" / "sess").exists()  # nothing ran

@@ -373,3 +373,33 @@ def classification_sets(args, validation=True):
                                          crop_size=None if crop == "none" else args.cam_val_crop_size,
                                          crop_method=None if crop == "none" else crop, seed=args.seed)
     return train_set, val_set
+
+
+LABELLED_LISTS = ("train_list", "val_list", "infer_list", "pool_list")  # read with their image-level labels
+
+
+def check_inputs(voc12_root, lists, cls_labels, eval_ids_=None):
+    """Before the first step: every list file of `lists` ((flag, path) pairs) exists and names images of the
+    devkit, the label file covers the lists read with labels, and the evaluated ids (and --seg_val_list) have
+    their ground truth. A failure is one UserError naming the flag and the file. seg_test_list only needs to
+    exist: a test list whose images are not in the devkit is skipped by eval_seg with a log line."""
+    labels = load_cls_labels(cls_labels) if any(flag in LABELLED_LISTS for flag, _ in lists) else {}
+    for flag, path in lists:
+        if not os.path.isfile(path):
+            raise UserError(f"--{flag} {path} not found; pass a list file with one image id per line")
+        names = load_img_name_list(path)
+        if flag == "seg_test_list":
+            continue
+        require_per_image(names, lambda n: get_img_path(n, voc12_root), "image", f"check --voc12_root and --{flag}",
+                          listed_in=path)
+        missing = [n for n in names if flag in LABELLED_LISTS and n not in labels]
+        if missing:
+            raise UserError(f"{cls_labels} has no image-level labels for {len(missing)} ids of --{flag} {path} (e.g. "
+                            f"{missing[0]}); rebuild it with python -m voc12.make_cls_labels or fix --cls_labels")
+        if flag == "seg_val_list":
+            require_per_image(names, lambda n: os.path.join(voc12_root, "SegmentationClass", n + ".png"),
+                              "ground-truth mask", "eval_seg scores --seg_val_list against SegmentationClass/",
+                              listed_in=path)
+    if eval_ids_ is not None:
+        require_per_image(eval_ids_, lambda n: os.path.join(voc12_root, "SegmentationClass", n + ".png"),
+                          "ground-truth mask", "the eval steps need SegmentationClass/ (or pass --eval_list)")
