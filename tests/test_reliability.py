@@ -143,7 +143,7 @@ CAM = f"result/cam/{FIRST}.npz"
 CASES = {
     "no_jpeg_folder": (lambda dk, w: shutil.rmtree(dk / "JPEGImages"), only("train_cam"), ["JPEGImages", "not found"]),
     "no_gt_folder": (lambda dk, w: shutil.rmtree(dk / "SegmentationClass"), only("eval_cam"),
-                     ["ground-truth mask not found"]),
+                     ["ground-truth mask", "not found"]),
     "no_imagesets": (lambda dk, w: shutil.rmtree(dk / "ImageSets"), only("eval_cam"), ["image list not found"]),
     "empty_list": (lambda dk, w: replace_bytes(dk / "train_aug.txt", b"\n"), only("train_cam"),
                    ["image list is empty", "train_aug.txt"]),
