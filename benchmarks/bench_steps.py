@@ -43,6 +43,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from misc.datasets import as_data  # noqa: E402
 VOC_SIZE = (500, 375)  # (W, H)
 
 
@@ -246,7 +247,7 @@ def task_train_loader(cfg, variant):
 
 def _cam_args(cfg, out_dir, batch, amp):
     return argparse.Namespace(device=cfg["device"], amp=amp, cam_weights_name=cfg["cam_weights"],
-                              train_list=cfg["cam_list"], voc12_root=cfg["devkit"], cls_labels=cfg["cls_labels"],
+                              train_list=cfg["cam_list"], data=as_data(cfg["devkit"]), cls_labels=cfg["cls_labels"],
                               cam_scales=(1.0, 0.5, 1.5, 2.0), cam_out_dir=out_dir, force=True, num_workers=1,
                               cam_infer_batch=batch)
 
@@ -258,7 +259,7 @@ def task_make_cam(cfg, variant):
     amp = "bf16" in variant
     # warm-up outside the timing: a small image through a throw-away model loads the kernels
     from net import resnet50_cam
-    net = resnet50_cam.CAM().to(cfg["device"]).eval()
+    net = resnet50_cam.CAM(20).to(cfg["device"]).eval()
     with torch.inference_mode():
         net.forward_pairs(torch.zeros(2, 3, 64, 64, device=cfg["device"]))
     del net
@@ -291,7 +292,7 @@ def task_cam_to_ir_label(cfg, variant):
     from step import cam_to_ir_label
     workers = int(variant.split()[0])
     out_dir = os.path.join(cfg["tmp"], f"ir_{workers}")
-    args = argparse.Namespace(train_list=cfg["list"], voc12_root=cfg["devkit"], cls_labels=cfg["cls_labels"],
+    args = argparse.Namespace(train_list=cfg["list"], data=as_data(cfg["devkit"]), cls_labels=cfg["cls_labels"],
                               cam_out_dir=cfg["cam_dir"], ir_label_out_dir=out_dir, conf_fg_thres=0.30,
                               conf_bg_thres=0.05, num_workers=workers, force=True)
     t0 = time.perf_counter()
@@ -350,7 +351,7 @@ def task_make_sem_seg(cfg, variant):
     torch.save(resnet50_irn.EdgeDisplacement().state_dict(), weights)
     out_dir = os.path.join(cfg["tmp"], "sem_seg")
     args = argparse.Namespace(device=cfg["device"], irn_crop_size=512, irn_weights_name=weights,
-                              infer_list=cfg["list"], voc12_root=cfg["devkit"], cls_labels=cfg["cls_labels"],
+                              infer_list=cfg["list"], data=as_data(cfg["devkit"]), cls_labels=cfg["cls_labels"],
                               sem_seg_out_dir=out_dir, force=True, cam_out_dir=cfg["cam_dir"], num_workers=1,
                               beta=10, exp_times=8, sem_seg_bg_thres=0.25)
     t0 = time.perf_counter()
@@ -371,7 +372,7 @@ def task_train(cfg, variant):
         from misc.classifier import classification_loss as loss_fn
         ds = VOC12ClassificationDataset(cfg["list"], cfg["devkit"], cfg["cls_labels"], resize_long=(320, 640),
                                         hor_flip=True, crop_size=512, crop_method="random")
-        model = resnet50_cam.Net()
+        model = resnet50_cam.Net(20)
     else:
         from net import resnet50_irn
         from step.train_irn import irn_loss as loss_fn
@@ -511,7 +512,7 @@ def main():
                 f.write("\n".join(ids) + "\n")
         torch.manual_seed(0)
         cam_weights = os.path.join(tmp, "cam.pth")
-        torch.save(resnet50_cam.CAM().state_dict(), cam_weights)
+        torch.save(resnet50_cam.CAM(20).state_dict(), cam_weights)
         cfg = {"devkit": devkit, "names": names, "list": list_path, "cls_labels": os.path.join(devkit, "cls_labels.txt"),
                "cam_names": cam_names, "cam_list": cam_list, "cam_dir": os.path.join(tmp, "fake_cam"),
                "device": "cuda" if gpu else "cpu", "tmp": tmp, "cam_weights": cam_weights,

@@ -109,7 +109,7 @@ def background_pictures(size, per_kind=20, seed=123):
 def context_reliance(weights, classes, pictures):
     """Mean over classes of the classifier's score for the class on its home background alone, and on
     the other backgrounds: {'home': float, 'other': float, and each per class}."""
-    net = resnet50_cam.Net(from_scratch=True)
+    net = resnet50_cam.Net(20, from_scratch=True)
     resnet50_cam.load_cam_weights(net, weights)
     net.eval()
     with torch.inference_mode():

@@ -32,12 +32,6 @@ from misc.pyutils import UserError, load_json, require_dir, save_json
 IGNORE = 255
 
 
-def _default_class_names():
-    # imported late so that cda/ stays usable with any label set; VOC is only the default
-    from voc12 import CAT_LIST
-    return list(CAT_LIST)
-
-
 def foreground(mask):
     """Boolean map of foreground pixels: neither background (0) nor ignore (255)."""
     return (mask != 0) & (mask != IGNORE)
@@ -106,18 +100,22 @@ def build_pool(ids, mask_dir, image_dir, out_dir, min_ratio=0.1, max_ratio=0.7, 
                source=None, image_ext=".jpg", preview_per_class=6, list_path=None):
     """Scan `<mask_dir>/<id>.png` for every id, keep the qualifying ones, write the pool to `out_dir`.
 
+    `image_dir`: the folder of `<id><image_ext>`, or a function id -> image path (a data set whose images are
+    spread over folders, as COCO's train2014/ and val2014/).
+
     `source` is a free word stored in pool.json and used in messages (e.g. 'sem_seg', 'gt'); `list_path`,
     the list file `ids` came from, is recorded there too.
     Returns the pool.json content. Raises UserError on a missing or malformed file and when no
     mask qualifies (an empty pool cannot train anything).
     """
     if class_names is None:
-        class_names = _default_class_names()
+        raise ValueError("build_pool needs class_names: the data set's object classes, in label order")
     class_names = list(class_names)
     if not (0.0 <= min_ratio <= max_ratio <= 1.0):
         raise UserError(f"pool ratios must satisfy 0 <= min <= max <= 1, got min {min_ratio} max {max_ratio}")
     require_dir(mask_dir, "mask folder for the instance pool")
-    require_dir(image_dir, "image folder for the instance pool")
+    if not callable(image_dir):
+        require_dir(image_dir, "image folder for the instance pool")
     source = source or mask_dir
     ids = list(ids)
 
@@ -144,7 +142,7 @@ def build_pool(ids, mask_dir, image_dir, out_dir, min_ratio=0.1, max_ratio=0.7, 
                 rejected[why] += 1
                 continue
             cls = select_instances(mask, min_ratio, max_ratio)
-            img_path = os.path.join(image_dir, name + image_ext)
+            img_path = image_dir(name) if callable(image_dir) else os.path.join(image_dir, name + image_ext)
             img = _read_image(img_path)
             if img.shape[:2] != mask.shape:
                 raise UserError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but {img_path} is "
@@ -163,7 +161,7 @@ def build_pool(ids, mask_dir, image_dir, out_dir, min_ratio=0.1, max_ratio=0.7, 
             "source": source,
             "list": list_path,
             "mask_dir": os.path.abspath(mask_dir),
-            "image_dir": os.path.abspath(image_dir),
+            "image_dir": None if callable(image_dir) else os.path.abspath(image_dir),
             "min_ratio": min_ratio,
             "max_ratio": max_ratio,
             "ratio_rule": "min_ratio <= class pixels / (H*W) <= max_ratio, exactly one foreground class",

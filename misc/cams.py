@@ -3,7 +3,8 @@ step reads.
 
 <cam_dir>/<id>.npz holds `keys` (int64, the image's 0-based classes in ascending order), `high_res` (K, H, W)
 float32 at the image size and, from make_cam only, `cam` (K, ceil(H/4), ceil(W/4)) at stride 4; each map is
-normalised by its maximum (SEAM: its min-max rule). No pickle.
+normalised by its maximum (SEAM: its min-max rule). No pickle. With --compact_maps the maps are stored as float16
+(half the bytes; README, Disk space); load_cam returns float32 either way.
 """
 import os
 
@@ -46,6 +47,9 @@ def load_cam(cam_dir, name, size=None, keys=None, strided=True, num_classes=None
     if keys is not None and not np.array_equal(k, np.asarray(keys).reshape(-1)):
         raise pyutils.UserError(f"{path} holds the CAMs of classes {k.tolist()}, but {name} has classes "
                                 f"{np.asarray(keys).reshape(-1).tolist()}; rerun make_cam with --force")
+    for m in ("cam", "high_res"):  # float16 files of --compact_maps: the steps compute in float32
+        if m in d:
+            d[m] = d[m].astype(np.float32, copy=False)
     return d
 
 
@@ -55,10 +59,12 @@ def load_cam_scores(cam_dir, name, size, keys=None, num_classes=None):
     return d["keys"].astype(np.int64), d["high_res"]
 
 
-def save_cams(cam_dir, name, keys, high_res, cam=None):
-    arrays = dict(keys=np.asarray(keys).astype(np.int64), high_res=high_res.cpu().numpy().astype(np.float32))
+def save_cams(cam_dir, name, keys, high_res, cam=None, compact=False):
+    """Write one CAM file; compact: the maps as float16 (--compact_maps), else float32."""
+    dtype = np.float16 if compact else np.float32
+    arrays = dict(keys=np.asarray(keys).astype(np.int64), high_res=high_res.cpu().numpy().astype(dtype))
     if cam is not None:
-        arrays["cam"] = cam.cpu().numpy().astype(np.float32)
+        arrays["cam"] = cam.cpu().numpy().astype(dtype)
     pyutils.save_npz(cam_path(cam_dir, name), **arrays)
 
 
@@ -74,6 +80,6 @@ def write_cams(args, dataset, model, cams_fn, desc):
         size = tuple(int(s) for s in pack["size"])
         keys = torch.nonzero(torch.as_tensor(pack["label"]))[:, 0]
         high = cams_fn(model, [torch.as_tensor(x) for x in pack["img"]], size, keys.to(device), device, args.amp)
-        save_cams(args.cam_out_dir, pack["name"], keys.numpy(), high)
+        save_cams(args.cam_out_dir, pack["name"], keys.numpy(), high, compact=getattr(args, "compact_maps", False))
 
     perimage.for_each_loaded(desc, dataset, todo, work, args.num_workers)

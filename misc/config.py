@@ -15,7 +15,7 @@ import tempfile
 
 import torch
 
-from misc import demo, dist, imutils, methods, pyutils, stages
+from misc import datasets, demo, dist, imutils, methods, pyutils, stages
 from misc.pyutils import str2bool
 
 # Owners of flags, in the order of --help: (module, group title)
@@ -60,7 +60,15 @@ def build_parser(description=None):
     env.add_argument("--method", default="irn", choices=methods.METHODS,
                      help="first-round method: irn (IRNet, ResNet-50), psa (AffinityNet, ResNet-38) or seam (SEAM, "
                           "ResNet-38); sets the step list and the method's reference defaults (explicit flags win)")
-    env.add_argument("--voc12_root", help="VOC 2012 devkit: JPEGImages/, SegmentationClass/, ImageSets/")
+    env.add_argument("--dataset", default="voc12", choices=datasets.NAMES,
+                     help="voc12 (PASCAL VOC 2012) or coco14 (MS COCO 2014, 80 classes); sets the lists, the class "
+                          "list and the data set's published settings (explicit flags win)")
+    env.add_argument("--data_root", "--voc12_root", dest="data_root",
+                     help="voc12: the devkit (JPEGImages/, SegmentationClass/, ImageSets/); coco14: the folder of "
+                          "train2014/, val2014/ and annotations/ (--voc12_root is IRNet's name for it)")
+    env.add_argument("--label_root", default=None,
+                     help="the folder of SegmentationClass/ ground truth (voc12: --data_root; coco14: the output of "
+                          "python -m coco14.prepare, default <data_root>/cda_labels, written on first use)")
     env.add_argument("--work_dir", default="work", help="every output goes under this folder")
     env.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                      help="cuda when available, else cpu")
@@ -79,18 +87,16 @@ def build_parser(description=None):
                      help="toy devkit and CPU-sized settings; a randomly initialised backbone trained from scratch")
 
     data = p.add_argument_group("dataset")
-    data.add_argument("--train_list", default="voc12/train_aug.txt",
-                      help="images that train both networks (and get CAMs and IR labels)")
-    data.add_argument("--val_list", default="voc12/val.txt", help="validation loss of the classifier")
-    data.add_argument("--infer_list", default="voc12/train.txt",
-                      help="images that get pseudo masks (evaluated as --chainer_eval_set)")
+    data.add_argument("--train_list", help="images that train both networks (and get CAMs and IR labels)")
+    data.add_argument("--val_list", help="validation loss of the classifier")
+    data.add_argument("--infer_list", help="images that get pseudo masks (evaluated as --chainer_eval_set)")
     data.add_argument("--pool_list", default=None,
                       help="images whose stage I pseudo masks feed the instance pool (default: --train_list, as "
                            "CDA: stage I's walk then masks these too, in the same pass)")
-    data.add_argument("--cls_labels", default="voc12/cls_labels.txt",
-                      help="image-level labels: <id> <class name> ... per line")
-    data.add_argument("--chainer_eval_set", default="train",
-                      help="split of <voc12_root>/ImageSets/Segmentation evaluated by the eval steps")
+    data.add_argument("--cls_labels", help="image-level labels: <id> <class name> ... per line")
+    data.add_argument("--chainer_eval_set",
+                      help="split evaluated by the eval steps (voc12: of <data_root>/ImageSets/Segmentation; coco14: "
+                           "<label_root>/<set>14.txt)")
     data.add_argument("--eval_list", default=None,
                       help="list file to evaluate instead of --chainer_eval_set (e.g. a held-out list)")
 
@@ -125,32 +131,50 @@ def build_parser(description=None):
 
 
 def parse(argv, description=None):
-    """Parse with the method's and (with --demo) the demo's defaults in place."""
+    """Parse with the data set's, the method's and (with --demo) the demo's defaults in place, in that order (a
+    later table wins; an explicit flag wins over all)."""
     first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     first.add_argument("--method", default="irn")
+    first.add_argument("--dataset", default="voc12")
     first.add_argument("--demo", action="store_true")
     known, _ = first.parse_known_args(argv)
     parser = build_parser(description)
-    if known.method in methods.DEFAULTS:  # an unknown one is reported by the full parse
+    if known.dataset in datasets.NAMES:  # an unknown one is reported by the full parse
+        parser.set_defaults(**datasets.describe(known.dataset).DEFAULTS)
+    if known.method in methods.DEFAULTS:
         parser.set_defaults(**methods.DEFAULTS[known.method])
         parser.set_defaults(**stages.output_defaults(methods.OUTPUTS[known.method]))
+        if known.dataset in datasets.NAMES:
+            parser.set_defaults(**datasets.describe(known.dataset).METHOD_DEFAULTS.get(known.method, {}))
     if known.demo:
-        parser.set_defaults(**demo.defaults(known.method))
+        parser.set_defaults(**demo.defaults(known.method, known.dataset))
     return parser.parse_args(argv)
+
+
+LABELS = "{labels}/"  # a data set's default list under its label root
 
 
 def derive(args):
     """Defaults that follow other flags. Returns log lines about them."""
     notes = []
+    desc = datasets.describe(args.dataset)
+    if args.label_root is None and args.data_root is not None:
+        args.label_root = desc.default_label_root(args.data_root)
+    args.data = datasets.Data(args.dataset, args.data_root or "", args.label_root or "")
+    for flag in ("train_list", "val_list", "infer_list", "cls_labels"):  # the data set's lists live with its labels
+        value = getattr(args, flag)
+        if value and value.startswith(LABELS):
+            setattr(args, flag, os.path.join(args.label_root or "", value[len(LABELS):]))
     args.pool_list = args.pool_list or args.train_list
     args.seg_train_list = args.seg_train_list or args.train_list
     args.seg_val_list = args.seg_val_list or args.val_list
     if args.seg_test_list is None:
-        test = os.path.join(args.voc12_root or "", "ImageSets", "Segmentation", "test.txt")
-        args.seg_test_list = test if args.voc12_root and os.path.isfile(test) else ""
+        test = desc.test_list_path(args.label_root) if args.label_root else None
+        args.seg_test_list = test if test and os.path.isfile(test) else ""
         if not args.seg_test_list:
             notes.append(f"no test-set predictions: {test} is not there (VOC 2012 test is a separate download; "
-                         "or pass --seg_test_list)")
+                         "or pass --seg_test_list)" if test else
+                         f"no test-set predictions: {desc.TITLE} has no test list here (pass --seg_test_list)")
     if args.cam_val_crop_size is None:
         args.cam_val_crop_size = args.cam_crop_size
     if args.cam_infer_batch is None:  # batching same-size images fills a GPU; on a CPU it gains little
@@ -172,10 +196,10 @@ def check(args):
         raise pyutils.UserError(f"--resnet38_width must be within (0, 1], got {args.resnet38_width}")
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise pyutils.UserError(f"--device {args.device}, but PyTorch sees no CUDA device here; use --device cpu")
-    if args.voc12_root is None:
-        raise pyutils.UserError("--voc12_root is required (the VOC 2012 devkit folder), or use --demo")
-    pyutils.require_dir(os.path.join(args.voc12_root, "JPEGImages"), "JPEGImages folder of --voc12_root",
-                        "point --voc12_root at VOCdevkit/VOC2012")
+    if args.data_root is None:
+        raise pyutils.UserError("--data_root is required (voc12: the VOC 2012 devkit folder; coco14: the COCO 2014 "
+                                "folder), or use --demo")
+    datasets.describe(args.dataset).check_root(args.data_root, args.label_root)
 
 
 def resolve_paths(args):
@@ -198,7 +222,7 @@ def resolve(argv, description=None, distributed=False, write_toy=None):
     if args.demo:
         toy = demo.point_at_toy(args)
         if toy and write_toy and dist.is_main():
-            write_toy(args.voc12_root, **toy)
+            write_toy(args.dataset, args.data_root, **toy)
         dist.barrier()
     args.config_notes = derive(args)
     check(args)
@@ -222,27 +246,39 @@ WEIGHTS_READERS = (("cam_weights_name", ("make_cam", "infer_cls", "infer_seam"))
                    ("seg_weights_name", ("eval_seg",)))
 WEIGHTS_WRITERS = {"cam_weights_name": ("train_cam", "train_cls", "train_seam"), "irn_weights_name": ("train_irn",),
                    "aff_weights_name": ("train_aff",), "seg_weights_name": ("train_seg",)}
-BACKBONE_FLAGS = ("backbone_weights", "irn_backbone_weights", "aff_backbone_weights", "seg_backbone_weights")
+# Backbone flags, with the training steps that start from them ('cam': the stage's classifier weights)
+BACKBONE_READERS = {"backbone_weights": ("train_cam", "train_cls", "train_seam"),
+                    "irn_backbone_weights": ("train_irn",), "aff_backbone_weights": ("train_aff",),
+                    "seg_backbone_weights": ("train_seg",)}
 
 
 def inputs(args):
     """What the enabled steps will read, known before the first one starts: the list files (flag, path), the
-    weights files that must already exist (what, path), and whether the evaluation split is read."""
+    weights files that must already exist (what, path, the step that loads them: net/weights.py checks their
+    keys for it), and whether the evaluation split is read."""
     on = [(s, step) for s in stages.ran(args) for step in stages.steps(args, s)]
     steps = {step for _, step in on}
     lists = [(flag, getattr(args, flag)) for flag, readers in LIST_READERS.items() if steps & set(readers)]
     if "eval_seg" in steps and args.seg_test_list:
         lists.append(("seg_test_list", args.seg_test_list))
-    files = [(f"--{flag}", getattr(args, flag)) for flag in BACKBONE_FLAGS
-             if getattr(args, flag) not in (None, "", "none", "imagenet", "cam")]
+    files = []
     for stage in stages.ran(args):
         done = set()  # steps of this stage that run before
         for step in stages.steps(args, stage):
+            for flag, readers in BACKBONE_READERS.items():
+                value = getattr(args, flag)
+                if step not in readers or value in (None, "", "none", "imagenet"):
+                    continue
+                if value != "cam":
+                    files.append((f"--{flag}", value, step))
+                elif not done & set(WEIGHTS_WRITERS["cam_weights_name"]):
+                    files.append((f"{stage.label} {step}: --{flag} cam", stages.output(args, stage, "cam_weights_name"),
+                                  step))
             for name, readers in WEIGHTS_READERS:
                 if step in readers and not done & set(WEIGHTS_WRITERS[name]):
-                    files.append((f"{stage.label} {step}: weights", stages.output(args, stage, name)))
+                    files.append((f"{stage.label} {step}: weights", stages.output(args, stage, name), step))
             done.add(step)
-    return lists, files, bool(steps & {"eval_cam", "eval_sem_seg"})
+    return lists, list(dict.fromkeys(files)), bool(steps & {"eval_cam", "eval_sem_seg"})
 
 
 def check_writable(folder):

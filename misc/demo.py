@@ -45,9 +45,17 @@ METHOD_DEFAULTS["seam"] = dict(
 TOYS = {"irn": (TOY_ROOT, TOY), "psa": (PSA_TOY_ROOT, PSA_TOY), "seam": (PSA_TOY_ROOT, PSA_TOY)}
 
 
-def defaults(method):
-    """The demo's flag defaults for a method."""
-    return dict(DEFAULTS, **METHOD_DEFAULTS.get(method, {}))
+# COCO's toy: the same pictures in COCO's layout (coco14/synth.py), a handful of COCO's 80 classes
+COCO_TOYS = {"irn": ("data/toy_coco", TOY), "psa": ("data/toy_coco_psa", PSA_TOY),
+             "seam": ("data/toy_coco_psa", PSA_TOY)}
+
+
+def defaults(method, dataset="voc12"):
+    """The demo's flag defaults for a method (and data set: the COCO demo writes its own work folder)."""
+    d = dict(DEFAULTS, **METHOD_DEFAULTS.get(method, {}))
+    if dataset != "voc12":
+        d["work_dir"] = d["work_dir"].replace("work_demo", f"work_demo_{dataset}")
+    return d
 
 
 BANNER = ("DEMO: toy devkit, randomly initialised {net} trained from scratch with BatchNorm in training mode "
@@ -61,20 +69,24 @@ def banner(method):
 
 
 def point_at_toy(args):
-    """Point --voc12_root (unless given) and the VOC list flags at the method's toy devkit. Returns the keyword
-    arguments of voc12.synth.write_devkit when the devkit is still to be written, else None."""
-    root, toy = TOYS[args.method]
-    if args.voc12_root is None:
-        args.voc12_root = root
-    # the toy's held-out images play VOC's test set: eval_seg writes the evaluation server's layout for them
-    for flag, name in (("train_list", "train_aug.txt"), ("val_list", "val.txt"), ("infer_list", "train.txt"),
-                       ("cls_labels", "cls_labels.txt"), ("seg_train_list", "train_aug.txt"),
-                       ("seg_val_list", "val.txt"), ("seg_test_list", "heldout.txt")):
-        value = getattr(args, flag)
-        if value is None or value.startswith("voc12/"):  # the VOC lists do not fit the toy devkit
-            setattr(args, flag, os.path.join(args.voc12_root, name))
+    """Point --data_root (unless given) and, for VOC, the list flags at the method's toy devkit. Returns the keyword
+    arguments of the data set's synth.write_devkit when the devkit is still to be written, else None."""
+    root, toy = (TOYS if args.dataset == "voc12" else COCO_TOYS)[args.method]
+    if args.data_root is None:
+        args.data_root = root
+    if args.dataset == "voc12":
+        # the toy's held-out images play VOC's test set: eval_seg writes the evaluation server's layout for them
+        for flag, name in (("train_list", "train_aug.txt"), ("val_list", "val.txt"), ("infer_list", "train.txt"),
+                           ("cls_labels", "cls_labels.txt"), ("seg_train_list", "train_aug.txt"),
+                           ("seg_val_list", "val.txt"), ("seg_test_list", "heldout.txt")):
+            value = getattr(args, flag)
+            if value is None or value.startswith("voc12/"):  # the VOC lists do not fit the toy devkit
+                setattr(args, flag, os.path.join(args.data_root, name))
+        images = os.path.join(args.data_root, "JPEGImages")
+    else:
+        images = os.path.join(args.data_root, "annotations")
     # synth.json is written last: without it our toy devkit is a half-written one (an interrupted first run)
     # and is written again. Another folder given with --demo only needs its images.
-    done = (os.path.isfile(os.path.join(args.voc12_root, "synth.json")) if args.voc12_root == root
-            else os.path.isdir(os.path.join(args.voc12_root, "JPEGImages")))
+    done = (os.path.isfile(os.path.join(args.data_root, "synth.json")) if args.data_root == root
+            else os.path.isdir(images))
     return None if done else toy

@@ -334,7 +334,7 @@ def _check_backend(backend, n_imgs, n_other, what):
         raise ValueError(f"dense CRF: {n_imgs} images and {n_other} {what}")
 
 
-def crf_inference_label_batch(imgs, labels_list, t=10, n_labels=21, gt_prob=0.7, backend="pydensecrf",
+def crf_inference_label_batch(imgs, labels_list, n_labels, t=10, gt_prob=0.7, backend="pydensecrf",
                               device=None):
     """crf_inference_label of each (image, label map) pair: a list of (H, W) int64 label maps.
 
@@ -358,13 +358,13 @@ def crf_inference_label_batch(imgs, labels_list, t=10, n_labels=21, gt_prob=0.7,
     return [q.argmax(0).cpu().numpy() for q in qs]
 
 
-def crf_inference_label(img, labels, t=10, n_labels=21, gt_prob=0.7, backend="pydensecrf", device=None):
+def crf_inference_label(img, labels, n_labels, t=10, gt_prob=0.7, backend="pydensecrf", device=None):
     """Refine a hard label map (values 0..n_labels-1) with a dense CRF on the RGB image.
 
     The labels are trusted with probability gt_prob; a small Gaussian kernel smooths and a wide
     colour-sensitive bilateral kernel snaps regions to image edges (IRNet's settings).
     """
-    return crf_inference_label_batch([img], [labels], t, n_labels, gt_prob, backend, device)[0]
+    return crf_inference_label_batch([img], [labels], n_labels, t, gt_prob, backend, device)[0]
 
 
 def _softmax_crf_batch(imgs, probs_list, t, terms, backend, device):
@@ -404,7 +404,7 @@ def crf_inference_batch(imgs, probs_list, t=10, scale_factor=1, backend="pydense
     return _softmax_crf_batch(imgs, probs_list, t, _psa_crf(scale_factor), backend, device)
 
 
-def crf_inference(img, probs, t=10, scale_factor=1, labels=21, backend="pydensecrf", device=None):
+def crf_inference(img, probs, labels, t=10, scale_factor=1, backend="pydensecrf", device=None):
     """PSA's dense CRF on score maps: (labels, H, W) float32 marginals after t mean-field steps.
 
     probs: (labels, H, W) scores, used as a softmax output (unary -log(clip(probs, 1e-5, 1)), whether or

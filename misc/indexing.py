@@ -115,10 +115,10 @@ def edge_to_affinity(edge, paths_indices):
     return torch.cat(aff, dim=1)
 
 
-def affinity_labels(segm_label, indices_from, indices_to):
+def affinity_labels(segm_label, indices_from, indices_to, num_labels):
     """Pair labels from a segmentation label map (IRNet's GetAffinityLabelFromIndices).
 
-    segm_label: (h, w) class indices, values >= 21 (255) are ignored.
+    segm_label: (h, w) class indices; values >= num_labels (the data set's 1 + classes, so 255) are ignored.
     indices_from: (n_src,), indices_to: (n_dirs, n_src) flat indices (PathIndex.src/dst_indices).
     Returns float32 tensors (n_dirs, n_src): bg_pos (both background), fg_pos (both the same
     foreground class), neg (different classes); a pair touching an ignored pixel is in none.
@@ -126,7 +126,7 @@ def affinity_labels(segm_label, indices_from, indices_to):
     flat = np.asarray(segm_label).reshape(-1)
     lab_from = flat[np.asarray(indices_from)][None, :]
     lab_to = flat[np.asarray(indices_to)]
-    valid = (lab_from < 21) & (lab_to < 21)
+    valid = (lab_from < num_labels) & (lab_to < num_labels)
     same = lab_from == lab_to
     pos = same & valid
     bg_pos = pos & (lab_from == 0)
@@ -265,11 +265,11 @@ def pairs_to_grid(aff, size, radius=5):
     return grid
 
 
-def cam_walk_scores(high_res, keys, alpha, num_classes=20, stride=8):
+def cam_walk_scores(high_res, keys, alpha, num_classes, stride=8):
     """The scores PSA's walk propagates (psa infer_aff.py:96-110), float32 (1 + num_classes, h, w).
 
     high_res: (K, H, W) CAMs of the 0-based classes `keys` at image size. Channel k + 1 holds class k
-    (0 for absent classes), channel 0 the background (1 - max over the 20 channels) ** alpha; the maps
+    (0 for absent classes), channel 0 the background (1 - max over the class channels) ** alpha; the maps
     are zero-padded at the bottom and right to a multiple of `stride` (padding is 0 in every channel,
     background included) and averaged over stride x stride blocks: h, w = ceil(H / stride), ceil(W / stride).
     """

@@ -93,17 +93,41 @@ def disk_full_cause(err):
     return None
 
 
-def disk_full_error(directory, err=None):
-    """The UserError of a write into `directory` that found no space left (or the quota used up): one line with
-    the folder, the space left there and what to do."""
-    quota = err is not None and err.errno == errno.EDQUOT
+class DiskFullError(UserError):
+    """The UserError of a write that found no space left (disk_full_error). Its folder and whether a quota was
+    exceeded are attributes, which travel in __dict__ when a worker process pickles the error, so the driver can
+    say it again with the estimate of what the step still needed (as_disk_full)."""
+    directory = None  # an error rebuilt from its message alone (a DataLoader worker's) has none
+    quota = False
+
+
+def disk_full_error(directory, err=None, need=None, quota=None):
+    """The DiskFullError of a write into `directory` that found no space left (or the quota used up): one line
+    with the folder, the space left there, `need` (what the step still needed, by estimate) and what to do."""
+    quota = err is not None and err.errno == errno.EDQUOT if quota is None else quota
     try:
         free = f"{format_bytes(free_bytes(directory))} free there"
     except OSError:
         free = "free space unknown"
     what, fix = (("disk quota exceeded", "free space or raise the quota") if quota else
                  ("no space left on the disk", "free space on that disk"))
-    return UserError(f"{what} while writing into {directory} ({free}): {fix}, {RERUN}")
+    e = DiskFullError(f"{what} while writing into {directory} ({free}{f'; {need}' if need else ''}): {fix}, {RERUN}")
+    e.directory, e.quota = directory, quota
+    return e
+
+
+def as_disk_full(err, need=lambda: None, directory="."):
+    """The DiskFullError for `err` if a full disk (or quota) caused it, else None: `err` itself made anew with
+    need() (a DiskFullError of atomic_path), or the one line for an ENOSPC / EDQUOT OSError that a write outside
+    atomic_path raised (its file's folder; else `directory`, or the current one)."""
+    if isinstance(err, DiskFullError):
+        return disk_full_error(err.directory, need=need(), quota=err.quota) if err.directory else err
+    cause = disk_full_cause(err)
+    if cause is None:
+        return None
+    if cause.filename:
+        directory = os.path.dirname(os.path.abspath(os.fsdecode(cause.filename)))
+    return disk_full_error(directory or ".", cause, need=need())
 
 
 def require_free_space(path, need_bytes, what):

@@ -63,18 +63,20 @@ def pct(r):
     return "-" if r is None else f"{100 * r:.1f}"
 
 
-def results_section(results, method="irn"):
-    from misc.methods import PAPER
-    paper = PAPER[method]
+def results_section(results, method="irn", dataset="voc12"):
+    from misc.methods import PAPER_NOTE, reference
     rows = []
     for stage, label in STAGES:
         s = results.get(stage, {})
+        refs = "".join(f"<td class=paper>{'-' if v is None else v}</td>"
+                       for v in (reference(method, dataset, stage, m) for m in ("cam", "sem_seg", "seg")))
         rows.append(f"<tr><td>{label}</td><td>{pct(s.get('cam', {}).get('miou'))}</td>"
                     f"<td>{pct(s.get('sem_seg', {}).get('miou'))}</td><td>{pct(s.get('seg', {}).get('miou'))}</td>"
-                    f"<td class=paper>{paper[stage]['cam']}</td><td class=paper>{paper[stage]['sem_seg']}</td></tr>")
+                    f"{refs}</tr>")
     return ("<h2>Results (mIoU, %)</h2><table><tr><th></th><th>CAM</th><th>pseudo mask</th>"
-            "<th>segmentation network (val)</th>"
-            "<th>paper CAM (VOC)</th><th>paper mask (VOC)</th></tr>" + "".join(rows) + "</table>")
+            "<th>segmentation network (val)</th><th>reference CAM</th><th>reference mask</th>"
+            "<th>reference segmentation</th></tr>" + "".join(rows) + "</table>"
+            f"<p class=note>reference: {html.escape(PAPER_NOTE[dataset])}</p>")
 
 
 def per_class_section(results):
@@ -113,8 +115,8 @@ def pictures_section(args, names, width=200):
     cols = [("image", None), ("ground truth", None)] + cam_dirs + mask_dirs
     rows = []
     for name in names:
-        img = imutils.read_image(os.path.join(args.voc12_root, "JPEGImages", name + ".jpg"))
-        panels = [img, mask_image(os.path.join(args.voc12_root, "SegmentationClass", name + ".png"))]
+        img = imutils.read_image(args.data.image_path(name))
+        panels = [img, mask_image(args.data.gt_path(name))]
         panels += [cam_overlay(img, os.path.join(d, name + ".npz")) for _, d in cam_dirs]
         panels += [mask_image(os.path.join(d, name + ".png")) for _, d in mask_dirs]
         cells = "".join(f"<td><img src='{data_uri(p, width)}'></td>" if p is not None else "<td>-</td>"
@@ -134,8 +136,8 @@ def seg_pictures_section(args, width=200, num_pictures=6):
         return ""
     rows = []
     for name in names:
-        img = imutils.read_image(os.path.join(args.voc12_root, "JPEGImages", name + ".jpg"))
-        panels = [img, mask_image(os.path.join(args.voc12_root, "SegmentationClass", name + ".png"))]
+        img = imutils.read_image(args.data.image_path(name))
+        panels = [img, mask_image(args.data.gt_path(name))]
         panels += [mask_image(os.path.join(d, name + ".png")) for _, d in dirs]
         cells = "".join(f"<td><img src='{data_uri(p, width)}'></td>" if p is not None else "<td>-</td>"
                         for p in panels)
@@ -147,10 +149,10 @@ def seg_pictures_section(args, width=200, num_pictures=6):
 
 def write_report(args, path, title, note="", num_pictures=6):
     results = pyutils.load_json(args.results_path, default={})
-    eval_list = os.path.join(args.voc12_root, "ImageSets", "Segmentation", args.chainer_eval_set + ".txt")
+    eval_list = args.eval_list or args.data.eval_list_path(args.chainer_eval_set)
     names = [n for n in open(eval_list).read().split()][:num_pictures] if os.path.isfile(eval_list) else []
     parts = [f"<h1>{html.escape(title)}</h1>", f"<p class=note>{html.escape(note)}</p>" if note else "",
-             results_section(results, args.method), per_class_section(results), timing_section(results),
+             results_section(results, args.method, args.dataset), per_class_section(results), timing_section(results),
              pictures_section(args, names), seg_pictures_section(args, num_pictures=num_pictures)]
     for label, p in (("Instance pool (stage I pseudo masks, one row per class)",
                       os.path.join(args.pool_dir, "preview.png")),

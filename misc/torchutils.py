@@ -61,8 +61,11 @@ def read_state_dict(path, what="checkpoint", written_by=None):
         hint = f"run {written_by} first (it writes this file)" if written_by else "check the path"
         raise UserError(f"{what} not found: {path}; {hint}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        try:  # memory-mapped: the index is read now, a tensor's bytes when it is copied into the network
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a file of the legacy (non-zip) format cannot be mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as e:
         raise UserError(f"cannot read {what} {path} ({e.__class__.__name__}); "
                         f"it is not a PyTorch state dict or it is truncated: replace or delete it")
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
@@ -75,6 +78,7 @@ def load_state_dict_checked(model, state_dict, source):
 
     `source` names the file in the message. BatchNorm's num_batches_tracked may be absent (older
     PyTorch did not save it); the model's own value is kept then, as PyTorch does for old files.
+    A model built on the meta device (net/weights.py's check before the first step) is checked, not loaded.
     """
     own = model.state_dict()
     state_dict = dict(state_dict)
@@ -92,6 +96,8 @@ def load_state_dict_checked(model, state_dict, source):
         k = wrong[0]
         raise UserError(f"{source} does not fit {name}: {len(wrong)} tensors of the wrong shape, e.g. {k} "
                         f"{tuple(state_dict[k].shape)} instead of {tuple(own[k].shape)}")
+    if any(v.is_meta for v in own.values()):
+        return model
     model.load_state_dict(state_dict, strict=True)
     return model
 

@@ -26,7 +26,6 @@ from misc.pyutils import UserError
 from misc.torchutils import load_state_dict_checked, read_state_dict
 from net.resnet50 import FixedBatchNorm, backbone_state_dict
 
-N_CLASSES = 21  # background + the 20 VOC classes
 ARCHS = ("deeplabv2", "deeplabv3plus")
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
@@ -155,7 +154,7 @@ class DeepLab(nn.Module):
 class DeepLabV2(DeepLab):
     output_stride = 8
 
-    def __init__(self, depth=101, num_classes=N_CLASSES, rates=(6, 12, 18, 24), from_scratch=False):
+    def __init__(self, num_classes, depth=101, rates=(6, 12, 18, 24), from_scratch=False):
         super().__init__()
         self.backbone = dilated_resnet(depth, 8, from_scratch=from_scratch)
         self.head = ASPPSum(2048, num_classes, rates)
@@ -182,7 +181,7 @@ class V3PlusHead(nn.Module):
 class DeepLabV3Plus(DeepLab):
     output_stride = 4  # of its logits: the decoder works on the stride-4 features (the encoder's stride is 16)
 
-    def __init__(self, depth=101, num_classes=N_CLASSES, rates=(6, 12, 18), from_scratch=False):
+    def __init__(self, num_classes, depth=101, rates=(6, 12, 18), from_scratch=False):
         super().__init__()
         self.backbone = dilated_resnet(depth, 16, multi_grid=(1, 2, 4), from_scratch=from_scratch)
         self.head = V3PlusHead(num_classes, rates)
@@ -191,7 +190,8 @@ class DeepLabV3Plus(DeepLab):
         return self.head(*resnet_features(self.backbone, x))
 
 
-def build(arch="deeplabv2", depth=101, backbone_weights="none", from_scratch=False, num_classes=N_CLASSES):
+def build(num_classes, arch="deeplabv2", depth=101, backbone_weights="none", from_scratch=False):
+    """num_classes: the segmentation labels (background included)."""
     if arch not in ARCHS:
         raise UserError(f"--seg_arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     cls = DeepLabV2 if arch == "deeplabv2" else DeepLabV3Plus

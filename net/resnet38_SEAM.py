@@ -1,6 +1,6 @@
 """SEAM on ResNet-38 (YudeWang/SEAM network/resnet38_SEAM.py, train_SEAM.py): network, PCM and losses.
 
-Network: conv6 -> Dropout2d(0.5) -> fc8 (1x1 conv 4096 -> 21, no bias; channel 0 is the background)
+Network: conv6 -> Dropout2d(0.5) -> fc8 (1x1 conv 4096 -> 1 + K, no bias; channel 0 is the background)
 gives the CAM at stride 8. The pixel correlation module (PCM) refines a no-grad, max-only copy of it
 with affinities of f = f9(cat[image at feature size, relu(f8_3(conv4)), relu(f8_4(conv5))]) (the
 backbone taps detached): cam_rv = cam_pcm @ column-normalised relu(cosine similarity). forward(x)
@@ -19,18 +19,16 @@ import torch.nn.functional as F
 
 from net import resnet38d
 
-N_CLASSES = 21  # background + 20 VOC classes
-
-
 class Net(resnet38d.Net):
     # conv1a and stage 2 keep their ImageNet weights (seam/network/resnet38_SEAM.py:27)
     NOT_TRAINING = ("conv1a", "b2", "b2_1", "b2_2")
 
-    def __init__(self, backbone_weights="none", from_scratch=False, width=1.0):
+    def __init__(self, num_classes, backbone_weights="none", from_scratch=False, width=1.0):
+        """num_classes: the object classes K; fc8 has K + 1 channels, channel 0 the background."""
         super().__init__(backbone_weights, from_scratch, width)
         c = resnet38d.channels(width)
         self.dropout7 = nn.Dropout2d(0.5)
-        self.fc8 = nn.Conv2d(c(4096), N_CLASSES, 1, bias=False)
+        self.fc8 = nn.Conv2d(c(4096), num_classes + 1, 1, bias=False)
         self.f8_3 = nn.Conv2d(c(512), c(64), 1, bias=False)
         self.f8_4 = nn.Conv2d(c(1024), c(128), 1, bias=False)
         # the image itself (3 channels at feature size) joins the PCM features
@@ -43,7 +41,7 @@ class Net(resnet38d.Net):
         self.from_scratch_layers = [self.f8_3, self.f8_4, self.f9, self.fc8]
 
     def forward(self, x, with_parts=False):
-        """x (N, 3, H, W) normalised image -> (cam, cam_rv), each (N, 21, H, W): the raw CAM and the
+        """x (N, 3, H, W) normalised image -> (cam, cam_rv), each (N, 1 + K, H, W): the raw CAM and the
         PCM's refinement, bilinearly upsampled (align_corners=True) from stride 8 (:29-50).
         with_parts=True also returns forward_parts' dict: (cam, cam_rv, parts)."""
         parts = self.forward_parts(x)
@@ -88,7 +86,7 @@ class Net(resnet38d.Net):
 def pcm_input(cam):
     """The CAM as the PCM takes it (seam/network/resnet38_SEAM.py:34-40), no label mask: each channel
     relu'd and divided by its spatial maximum (relu(c - 1e-5) / (max + 1e-5)); channel 0 := 1 - the
-    maximum over channels 1..20; in channels 1..20 every value below that maximum := 0 (ties kept).
+    maximum over channels 1..K; in channels 1..K every value below that maximum := 0 (ties kept).
     An absent class can therefore win a pixel and zero the present ones there."""
     cam = F.relu(cam)
     peak = torch.amax(cam, dim=(2, 3), keepdim=True) + 1e-5
@@ -151,7 +149,7 @@ def top_fraction_mean(err, fraction):
 def seam_loss(model, img, label, scale_factor=0.3, ecr_topk=0.2):
     """One SEAM training step's loss (seam/train_SEAM.py:104-142).
 
-    img (N, 3, H, W) normalised batch; label (N, 20) 0/1 image labels (the background's 1 is prepended
+    img (N, 3, H, W) normalised batch; label (N, K) 0/1 image labels (the background's 1 is prepended
     here). Returns a dict of 0-d tensors: 'total' = (cls1 + cls2)/2 + (rvmin1 + rvmin2)/2 + er +
     (ecr1 + ecr2), and each term ('cls', 'rvmin', 'ecr' are the pairs combined as in the total).
 
@@ -161,7 +159,7 @@ def seam_loss(model, img, label, scale_factor=0.3, ecr_topk=0.2):
     max_norm'ed and then rescaled by scale_factor (align_corners=True) onto the second's size; all
     normalised maps are label-masked (background kept); ER is the mean |cam1 - cam2| over channels
     1..; for ECR, channel 0 of both normalised CAMs becomes 1 - their maximum, and |max_onehot(other
-    view's CAM, detached) - PCM output| over all 21 channels is averaged over its top ecr_topk per
+    view's CAM, detached) - PCM output| over all 1 + K channels is averaged over its top ecr_topk per
     image. fc8's background row gets no gradient from any term."""
     n = img.shape[0]
     img2 = F.interpolate(img, scale_factor=scale_factor, mode="bilinear", align_corners=True)

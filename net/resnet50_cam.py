@@ -14,13 +14,11 @@ import torch.nn.functional as F
 from misc import torchutils
 from net import resnet50
 
-N_CLASSES = 20
-
-
 class Net(nn.Module):
 
-    def __init__(self, backbone_weights="none", from_scratch=False):
+    def __init__(self, num_classes, backbone_weights="none", from_scratch=False):
         super().__init__()
+        self.num_classes = num_classes
         self.from_scratch = from_scratch
         self.resnet50 = resnet50.resnet50(strides=(2, 2, 2, 1), weights=backbone_weights, from_scratch=from_scratch)
         r = self.resnet50
@@ -28,7 +26,7 @@ class Net(nn.Module):
         self.stage2 = nn.Sequential(r.layer2)
         self.stage3 = nn.Sequential(r.layer3)
         self.stage4 = nn.Sequential(r.layer4)
-        self.classifier = nn.Conv2d(2048, N_CLASSES, 1, bias=False)
+        self.classifier = nn.Conv2d(2048, num_classes, 1, bias=False)
         self.backbone = nn.ModuleList([self.stage1, self.stage2, self.stage3, self.stage4])
         self.newly_added = nn.ModuleList([self.classifier])
         if not from_scratch:
@@ -47,7 +45,7 @@ class Net(nn.Module):
 
     def forward(self, x):
         x = torchutils.gap2d(self.features(x), keepdims=True)
-        return self.classifier(x).view(-1, N_CLASSES)
+        return self.classifier(x).view(-1, self.num_classes)
 
     def trainable_parameters(self):
         """(backbone parameters, head parameters): the two optimiser groups (lr x1 and x10)."""
@@ -62,13 +60,13 @@ class CAM(Net):
         return F.relu(F.conv2d(self.features(x), self.classifier.weight))
 
     def forward(self, x):
-        """x: (2, 3, H, W) = [image, image flipped left-right] -> (20, ceil(H/16), ceil(W/16))."""
+        """x: (2, 3, H, W) = [image, image flipped left-right] -> (K, ceil(H/16), ceil(W/16))."""
         cams = self.class_maps(x)
         return cams[0] + cams[1].flip(-1)
 
     def forward_pairs(self, x):
         """Batched forward: x (N, 2, 3, H, W) or (2N, 3, H, W) ordered [img0, flip0, img1, flip1, ...]
-        -> (N, 20, h, w), each equal to forward() of its pair."""
+        -> (N, K, h, w), each equal to forward() of its pair."""
         x = x.reshape(-1, *x.shape[-3:])
         cams = self.class_maps(x)
         cams = cams.view(-1, 2, *cams.shape[1:])

@@ -7,7 +7,8 @@ random crop (PSA's infer_cls.py:90-110, SEAM's infer_SEAM.py:92-112). A low alph
 background (la: confident foreground), a high alpha a weak one (ha: confident background).
 
 Writes <la_crf_dir>/<id>.npz and <ha_crf_dir>/<id>.npz: `keys` int64 [0, classes + 1] (VOC labels of
-the channels), `crf` float32 (1 + K, H, W), `alpha` float64. Reads the CAM files of make_cam / infer_cls
+the channels), `crf` float32 (1 + K, H, W; float16 with --compact_maps, which voc12.dataloader.load_crf reads
+back as float32), `alpha` float64. Reads the CAM files of make_cam / infer_cls
 (`keys`, `high_res` at image size; a stride-4 `cam` is not needed).
 
 args read: train_list, voc12_root, cls_labels, cam_out_dir, la_crf_dir, ha_crf_dir, low_alpha, high_alpha
@@ -21,7 +22,6 @@ import numpy as np
 
 from misc import dist, imutils, perimage, pyutils
 from misc.cams import cam_path, load_cam_scores
-from voc12 import N_CAT
 from voc12.dataloader import crf_path, get_img_path, load_cls_labels, load_img_name_list
 
 
@@ -52,6 +52,12 @@ def crf_scores(img, high_res, alpha, backend="pydensecrf", device=None):
     return crf_scores_batch([img], [high_res], [alpha], backend, device)[0]
 
 
+def save_crf(path, keys, crf, alpha, compact=False):
+    """Write one la/ha score file; compact: the scores as float16 (--compact_maps), else float32."""
+    pyutils.save_npz(path, keys=keys, crf=crf.astype(np.float16 if compact else np.float32),
+                     alpha=np.float64(alpha))
+
+
 def _is_done(path, cam_file, alpha):
     if not pyutils.is_fresh(path, cam_file):
         return False
@@ -66,8 +72,8 @@ def _chunk(jobs, args):
     """The la/ha maps of a few images (one with pydensecrf, --crf_batch with the torch CRF); returns how many."""
     imgs, highs, labels = [], [], []
     for name, keys, _ in jobs:  # keys: the image's classes from the label file, which its CAM file must hold
-        imgs.append(imutils.read_image(get_img_path(name, args.voc12_root)))
-        k, high = load_cam_scores(args.cam_out_dir, name, imgs[-1].shape[:2], keys, num_classes=N_CAT)
+        imgs.append(imutils.read_image(get_img_path(name, args.data)))
+        k, high = load_cam_scores(args.cam_out_dir, name, imgs[-1].shape[:2], keys, num_classes=args.data.num_classes)
         highs.append(high)
         labels.append(np.concatenate([[0], k + 1]).astype(np.int64))
     # per image, the (folder, alpha) pairs still to write
@@ -75,8 +81,7 @@ def _chunk(jobs, args):
     scores = crf_scores_batch([imgs[i] for i, _, _ in work], [highs[i] for i, _, _ in work], [a for _, _, a in work],
                               args.crf_backend, args.device)
     for (i, out_dir, alpha), crf in zip(work, scores):
-        pyutils.save_npz(crf_path(out_dir, jobs[i][0]), keys=labels[i], crf=crf.astype(np.float32),
-                         alpha=np.float64(alpha))
+        save_crf(crf_path(out_dir, jobs[i][0]), labels[i], crf, alpha, getattr(args, "compact_maps", False))
     return len(jobs)
 
 
@@ -102,7 +107,7 @@ def run(args):
             jobs.append((n, outs))
     pyutils.log(f"cam_to_crf: {len(jobs)} of {len(names)} images to do (alpha {args.low_alpha} -> "
                 f"{args.la_crf_dir}, {args.high_alpha} -> {args.ha_crf_dir})")
-    labels = load_cls_labels(args.cls_labels)
+    labels = load_cls_labels(args.cls_labels, args.data.cat_list)
     jobs = [(n, np.flatnonzero(labels[n]) if n in labels else None, outs) for n, outs in jobs]
     chunks, workers = perimage.crf_chunks(jobs, args)
     perimage.for_each_in_processes("cam_to_crf", chunks, functools.partial(_chunk, args=args), workers,

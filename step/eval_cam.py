@@ -5,7 +5,6 @@ from tqdm import tqdm
 from misc import dist, metrics, pyutils
 from misc.cams import load_cam
 from misc.imutils import bg_argmax
-from voc12 import CLASS_NAMES, N_CAT
 from voc12.dataloader import eval_ids, gt_mask
 
 
@@ -27,7 +26,7 @@ def cam_to_label(cam, keys, threshold):
 CURVE = np.arange(60) / 100  # SEAM's evaluation.py --curve: thresholds 0.00 .. 0.59
 
 
-def curve_confusions(cam, keys, gt, thresholds, n=N_CAT + 1):
+def curve_confusions(cam, keys, gt, thresholds, n):
     """Confusion matrices (T, n, n) of cam_to_label(cam, keys, t) against gt for every threshold t, in one
     pass: a pixel is its best class where that class's score beats t (a tie goes to the background, as
     the argmax over [t, cams] takes the first), else background. Ground truth 255 is ignored."""
@@ -53,22 +52,22 @@ def curve_confusions(cam, keys, gt, thresholds, n=N_CAT + 1):
 
 @dist.main_only  # one writer of results.json; the other processes wait here
 def run(args):
-    conf = metrics.ConfusionMatrix(CLASS_NAMES)
+    conf = metrics.ConfusionMatrix(args.data.class_names)
     curve = np.zeros((len(CURVE), conf.n, conf.n), np.int64)
     sweep = args.cam_eval_curve
-    for name in tqdm(eval_ids(args.voc12_root, args.chainer_eval_set, args.eval_list), desc="eval_cam",
+    for name in tqdm(eval_ids(args.data, args.chainer_eval_set, args.eval_list), desc="eval_cam",
                      dynamic_ncols=True):
-        gt = gt_mask(args.voc12_root, name)
-        d = load_cam(args.cam_out_dir, name, gt.shape, strided=False, num_classes=N_CAT)
+        gt = gt_mask(args.data, name)
+        d = load_cam(args.cam_out_dir, name, gt.shape, strided=False, num_classes=args.data.num_classes)
         conf.update(gt, cam_to_label(d["high_res"], d["keys"], args.cam_eval_thres), name)
         if sweep:
-            curve += curve_confusions(d["high_res"], d["keys"], gt, CURVE)
+            curve += curve_confusions(d["high_res"], d["keys"], gt, CURVE, conf.n)
     result = conf.as_dict()
     result["threshold"] = args.cam_eval_thres
     if sweep:
         mious = []
         for mat in curve:
-            c = metrics.ConfusionMatrix(CLASS_NAMES)
+            c = metrics.ConfusionMatrix(args.data.class_names)
             c.mat = mat
             mious.append(c.miou())
         best = int(np.argmax(mious))

@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 from misc import dist, imutils, metrics, perimage, pyutils, torchutils, training
 from net import deeplab
-from voc12 import CLASS_NAMES
 from voc12.dataloader import get_img_path, gt_mask, load_img_name_list
 
 # deeplab-pytorch configs/voc12.yaml, CRF section
@@ -76,7 +75,7 @@ def finish_batch(jobs, crf_mode, device):
 
 
 def load_model(args):
-    model = deeplab.build(args.seg_arch, args.seg_backbone_depth, "none")
+    model = deeplab.build(len(args.data.class_names), args.seg_arch, args.seg_backbone_depth, "none")
     torchutils.load_checkpoint(model, args.seg_weights_name, what="segmentation weights",
                                written_by="step train_seg")
     model = model.to(args.device).eval()
@@ -109,7 +108,7 @@ def predict(model, names, out_dir, args, desc):
     try:
         with torch.inference_mode():
             for n in tqdm(todo, desc=desc, disable=not dist.is_main(), dynamic_ncols=True):
-                img = imutils.read_image(get_img_path(n, args.voc12_root))
+                img = imutils.read_image(get_img_path(n, args.data))
                 job = (img, probabilities(model, img, args), out(n), args.seg_crf,
                        args.seg_crf_image)
                 if torch_crf:  # the CRFs go to the device in batches
@@ -137,10 +136,10 @@ def predict(model, names, out_dir, args, desc):
 
 @dist.main_only
 def score(args, names):
-    conf = metrics.ConfusionMatrix(CLASS_NAMES)
+    conf = metrics.ConfusionMatrix(args.data.class_names)
     for n in tqdm(names, desc="eval_seg score", dynamic_ncols=True):
         pred = imutils.read_label_png(os.path.join(args.seg_out_dir, n + ".png"), num_classes=conf.n)
-        conf.update(gt_mask(args.voc12_root, n), pred, n)
+        conf.update(gt_mask(args.data, n), pred, n)
     result = conf.as_dict()
     result.update(list=args.seg_val_list, arch=args.seg_arch, scales=list(args.seg_infer_scales),
                   flip=bool(args.seg_infer_flip), crf=bool(args.seg_crf),
@@ -160,10 +159,10 @@ def test_ids(args):
         pyutils.log("eval_seg: --seg_test_list is empty, no test-set predictions")
         return []
     names = load_img_name_list(path)
-    missing = [n for n in names if not os.path.isfile(get_img_path(n, args.voc12_root))]
+    missing = [n for n in names if not os.path.isfile(get_img_path(n, args.data))]
     if missing:
         pyutils.log(f"eval_seg: {len(missing)} of the {len(names)} images of {path} are not in the devkit (e.g. "
-                    f"{get_img_path(missing[0], args.voc12_root)}; VOC 2012's test images are a separate download), "
+                    f"{get_img_path(missing[0], args.data)}; VOC 2012's test images are a separate download), "
                     "no test-set predictions")
         return []
     return names

@@ -6,7 +6,7 @@ normalising: the mean colour); AffinityNet's affinities of PSA's pairs at stride
 channel k + 1 the CAM of class k (0 for absent classes), channel 0 (1 - max) ** --alpha, zero-padded and
 averaged over 8x8 blocks; the walk T^(2^--exp_times) with T = aff ** --beta column-normalised (computed
 sparse, misc.indexing.random_walk: the same result as PSA's dense n x n squaring); bilinear upsampling to
-the padded size, argmax over the 21 channels, crop to the image. No CRF afterwards, as the reference.
+the padded size, argmax over the 1 + K channels, crop to the image. No CRF afterwards, as the reference.
 
 Images: args.sem_seg_lists (stage I: --infer_list and --pool_list, each image once), else infer_list.
 args read also: voc12_root, cls_labels, cam_out_dir, aff_weights_name, aff_radius, aff_seam_radius (SEAM's
@@ -21,14 +21,13 @@ import torch.nn.functional as F
 
 from misc import cams, imutils, indexing, perimage, pyutils, torchutils
 from net import resnet38_aff
-from voc12 import N_CAT
 from voc12.dataloader import VOC12ClassificationDatasetMSF
 
 STRIDE = 8
 
 
-def walk_labels(model, img, high_res, keys, radius, alpha, beta, logt):
-    """uint8 (H, W) labels 0..20 for one normalised image (3, H, W) and its CAMs (K, H, W) of `keys`."""
+def walk_labels(model, img, high_res, keys, radius, alpha, beta, logt, num_classes):
+    """uint8 (H, W) labels 0..num_classes for one normalised image (3, H, W) and its CAMs (K, H, W) of `keys`."""
     height, width = img.shape[-2:]
     padded = F.pad(img[None], (0, -width % STRIDE, 0, -height % STRIDE))
     aff = model(padded)[0]  # (n_dirs, n_src)
@@ -36,7 +35,7 @@ def walk_labels(model, img, high_res, keys, radius, alpha, beta, logt):
     if getattr(model, "seam_small_maps", False):  # SEAM's rule: a smaller radius on small maps
         radius = model.radius_for(*grid_hw)
     grid = indexing.pairs_to_grid(aff, grid_hw, radius)
-    scores = indexing.cam_walk_scores(high_res, keys, alpha, stride=STRIDE).to(img.device)
+    scores = indexing.cam_walk_scores(high_res, keys, alpha, num_classes, stride=STRIDE).to(img.device)
     rw = indexing.random_walk(scores, grid, radius=radius, beta=beta, logt=logt)
     rw = F.interpolate(rw[None], padded.shape[2:], mode="bilinear", align_corners=False)[0]
     return torch.argmax(rw, dim=0)[:height, :width].cpu().numpy().astype(np.uint8)
@@ -65,7 +64,7 @@ def run(args):
                              seam_small_maps=args.aff_seam_radius)
     torchutils.load_weights(model, args.aff_weights_name, "train_aff")
     model = model.to(device).eval()
-    dataset = VOC12ClassificationDatasetMSF(args.sem_seg_lists, args.voc12_root, args.cls_labels, scales=(1.0,))
+    dataset = VOC12ClassificationDatasetMSF(args.sem_seg_lists, args.data, args.cls_labels, scales=(1.0,))
 
     def out(name):
         return os.path.join(args.sem_seg_out_dir, name + ".png")
@@ -79,10 +78,10 @@ def run(args):
         if not args.aff_seam_radius:
             check_size(pack["name"], size, args.aff_radius)
         keys = torch.nonzero(torch.as_tensor(pack["label"]))[:, 0].numpy()
-        cam = cams.load_cam(args.cam_out_dir, pack["name"], size, keys, strided=False, num_classes=N_CAT)
+        cam = cams.load_cam(args.cam_out_dir, pack["name"], size, keys, strided=False, num_classes=args.data.num_classes)
         img = torch.as_tensor(pack["img"][0][0]).to(device)
         label = walk_labels(model, img, cam["high_res"], cam["keys"], args.aff_radius, args.alpha, args.beta,
-                            args.exp_times)
+                            args.exp_times, args.data.num_classes)
         imutils.save_label_png(out(pack["name"]), label)
 
     perimage.for_each_loaded("infer_aff", dataset, todo, work, args.num_workers)

@@ -48,8 +48,8 @@ def seam_cams(model, scales_imgs, size, keys, device, amp=False):
 
 
 def run(args):
-    model = resnet38_SEAM.Net(backbone_weights="none", width=args.resnet38_width)
+    model = resnet38_SEAM.Net(args.data.num_classes, backbone_weights="none", width=args.resnet38_width)
     torchutils.load_weights(model, args.cam_weights_name, "train_seam")  # strict, as infer_SEAM.py:33
-    dataset = VOC12ClassificationDatasetMSF(args.train_list, args.voc12_root, args.cls_labels,
+    dataset = VOC12ClassificationDatasetMSF(args.train_list, args.data, args.cls_labels,
                                             scales=tuple(args.cam_scales))
     cams.write_cams(args, dataset, model.to(args.device).eval(), seam_cams, "infer_seam")

@@ -11,7 +11,7 @@ from PIL import Image
 from misc import cams, perimage, pyutils, torchutils, training
 from misc.cams import strided_size
 from net import resnet50_cam
-from voc12.dataloader import VOC12ClassificationDatasetMSF, get_img_path
+from voc12.dataloader import VOC12ClassificationDatasetMSF
 
 
 def _normalise(strided, high, keys, size):
@@ -62,7 +62,7 @@ def size_batches(dataset, indices, batch_size):
     groups = {}
     for i in indices:
         try:
-            with Image.open(get_img_path(dataset.img_name_list[i], dataset.voc12_root)) as im:
+            with Image.open(dataset.data.image_path(dataset.img_name_list[i])) as im:
                 key = im.size
         except OSError:  # alone in its batch; the loader then reports the unreadable file
             key = ("unreadable", i)
@@ -83,6 +83,10 @@ def add_arguments(g):
                    help="input scales of the CAM step (each with its flip)")
     g.add_argument("--cam_infer_batch", default=None, type=int,
                    help="make_cam: images of one size per forward (default 4 on CUDA, 1 on CPU)")
+    g.add_argument("--compact_maps", type=pyutils.str2bool, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="store the CAMs (make_cam, infer_cls, infer_seam) and the la/ha CRF scores (cam_to_crf) as "
+                        "float16, half the bytes (for COCO; README, Disk space); read back as float32. Existing "
+                        "files are rewritten only with --force")
 
 
 def check_arguments(args):
@@ -93,24 +97,26 @@ def check_arguments(args):
 
 def run(args):
     device = args.device
-    model = resnet50_cam.CAM()
+    model = resnet50_cam.CAM(args.data.num_classes)
     torchutils.load_weights(model, args.cam_weights_name, "train_cam")
     model = model.to(device).eval()
     if str(device).startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
 
-    dataset = VOC12ClassificationDatasetMSF(args.train_list, args.voc12_root, args.cls_labels,
+    dataset = VOC12ClassificationDatasetMSF(args.train_list, args.data, args.cls_labels,
                                             scales=tuple(args.cam_scales))
     pyutils.log(f"make_cam: {args.cam_infer_batch} images of one size per forward")
     todo = perimage.pending("make_cam", dataset.img_name_list,
                             lambda n: cams.cam_path(args.cam_out_dir, n), args, lambda n: (args.cam_weights_name,),
                             out_dirs=[args.cam_out_dir])
 
+    compact = getattr(args, "compact_maps", False)  # a namespace made by hand may lack it
+
     def work(pack):
         keys = [torch.nonzero(label)[:, 0] for label in pack["label"]]
         outs = cams_for_batch(model, pack["img"], pack["size"], [k.to(device) for k in keys], device, args.amp)
         for name, k, (cam, high) in zip(pack["name"], keys, outs):
-            cams.save_cams(args.cam_out_dir, name, k.numpy(), high, cam)
+            cams.save_cams(args.cam_out_dir, name, k.numpy(), high, cam, compact=compact)
         return len(pack["name"])
 
     perimage.for_each_loaded("make_cam", dataset, todo, work, args.num_workers,

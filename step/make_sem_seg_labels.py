@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from misc import cams, imutils, indexing, perimage, pyutils
 from net import resnet50_irn
-from voc12 import N_CAT
 from voc12.dataloader import VOC12ClassificationDatasetMSF
 
 
@@ -48,7 +47,7 @@ def run(args):
     model = model.to(device).eval()
 
     # stage I also masks --pool_list for the instance pool (CDA walks over train_aug): one pass, each image once
-    dataset = VOC12ClassificationDatasetMSF(args.sem_seg_lists, args.voc12_root, args.cls_labels, scales=(1.0,))
+    dataset = VOC12ClassificationDatasetMSF(args.sem_seg_lists, args.data, args.cls_labels, scales=(1.0,))
 
     def out(name):
         return os.path.join(args.sem_seg_out_dir, name + ".png")
@@ -60,7 +59,7 @@ def run(args):
     def work(pack):
         size = tuple(int(s) for s in pack["size"])
         keys = torch.nonzero(torch.as_tensor(pack["label"]))[:, 0].numpy()
-        cam = cams.load_cam(args.cam_out_dir, pack["name"], size, keys, num_classes=N_CAT)
+        cam = cams.load_cam(args.cam_out_dir, pack["name"], size, keys, num_classes=args.data.num_classes)
         edge, _ = model(pack["img"][0].to(device))
         label = walk_to_label(torch.from_numpy(cam["cam"]).to(device), cam["keys"], edge, size, args.beta,
                               args.exp_times, args.sem_seg_bg_thres)

@@ -60,7 +60,7 @@ def run(args):
     device = args.device
     jitter = tuple(args.cam_color_jitter) if args.cam_color_jitter is not None else None
     dataset = PSAAffinityDataset(args.train_list, args.la_crf_dir, args.ha_crf_dir, args.aff_crop_size,
-                              args.voc12_root, radius=args.aff_radius, color_jitter=jitter, hor_flip=True,
+                              args.data, radius=args.aff_radius, color_jitter=jitter, hor_flip=True,
                               seed=args.seed)
     training.require_one_batch(dataset, args.aff_batch_size, args.train_list, "aff_batch_size")
     loader = training.make_loader(dataset, args.aff_batch_size, True, args.seed, args.num_workers, device,

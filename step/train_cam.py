@@ -14,7 +14,7 @@ def run(args):
     train_set, val_set = classification_sets(args)
 
     def build_model():
-        model = resnet50_cam.Net(backbone_weights=args.backbone_weights, from_scratch=args.from_scratch)
+        model = resnet50_cam.Net(args.data.num_classes, backbone_weights=args.backbone_weights, from_scratch=args.from_scratch)
         backbone, head = model.trainable_parameters()
         return model, [{"params": backbone, "lr": args.cam_learning_rate, "weight_decay": args.cam_weight_decay},
                        {"params": head, "lr": 10 * args.cam_learning_rate, "weight_decay": args.cam_weight_decay}]

@@ -15,7 +15,7 @@ def run(args):
     train_set, val_set = classification_sets(args)
 
     def build_model():
-        model = resnet38_cls.Net(backbone_weights=args.backbone_weights, from_scratch=args.from_scratch,
+        model = resnet38_cls.Net(args.data.num_classes, backbone_weights=args.backbone_weights, from_scratch=args.from_scratch,
                                  width=args.resnet38_width)
         return model, model.optimizer_groups(args.cam_learning_rate, args.cam_weight_decay)
 

@@ -25,7 +25,7 @@ def mean_displacement(model, args):
     the last partial batch (drop_last=True: 1,440 of VOC train's 1,464 images), so the mean is over the first
     (n // irn_batch_size) * irn_batch_size images (all of them when there are fewer than a batch, where the
     reference fails). Only the displacement field uses this buffer: the semantic pseudo masks do not."""
-    dataset = VOC12ClassificationDataset(args.infer_list, args.voc12_root, args.cls_labels,
+    dataset = VOC12ClassificationDataset(args.infer_list, args.data, args.cls_labels,
                                          crop_size=args.irn_crop_size, crop_method="top_left")
     keep = (len(dataset) // args.irn_batch_size) * args.irn_batch_size or len(dataset)
     dataset = torch.utils.data.Subset(dataset, range(keep))
@@ -75,7 +75,7 @@ def run(args):
     device = args.device
     path_index = indexing.PathIndex(radius=10, default_size=(args.irn_crop_size // 4, args.irn_crop_size // 4))
     dataset = VOC12AffinityDataset(args.train_list, label_dir=args.ir_label_out_dir,
-                                   crop_size=args.irn_crop_size, voc12_root=args.voc12_root,
+                                   crop_size=args.irn_crop_size, root=args.data,
                                    rescale=tuple(args.irn_rescale), hor_flip=True, crop_method="random",
                                    indices_from=path_index.src_indices, indices_to=path_index.dst_indices,
                                    seed=args.seed)

@@ -41,7 +41,7 @@ def run(args):
     train_set, _ = classification_sets(args, validation=False)  # SEAM validates nothing
 
     def build_model():
-        model = resnet38_SEAM.Net(backbone_weights=args.backbone_weights, from_scratch=args.from_scratch,
+        model = resnet38_SEAM.Net(args.data.num_classes, backbone_weights=args.backbone_weights, from_scratch=args.from_scratch,
                                   width=args.resnet38_width)
         return model, model.optimizer_groups(args.cam_learning_rate, args.cam_weight_decay)
 

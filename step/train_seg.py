@@ -200,7 +200,7 @@ def check_resume_point(args, segment_steps, total):
 def run(args):
     device = args.device
     from_scratch = args.from_scratch
-    dataset = PseudoMaskStream(args.seg_train_list, args.voc12_root, label_dir(args), crop_size=args.seg_crop_size,
+    dataset = PseudoMaskStream(args.seg_train_list, args.data, label_dir(args), crop_size=args.seg_crop_size,
                                scales=tuple(args.seg_rescale), flip=True, seed=args.seed)
     total, every = args.seg_num_iters, args.seg_checkpoint_every
     segments = math.ceil(total / every)
@@ -210,7 +210,7 @@ def run(args):
                         pin_memory=cuda, persistent_workers=cuda and args.num_workers > 0)
 
     torch.manual_seed(args.seed)  # the head's (and a 'none' backbone's) initial weights
-    net = deeplab.build(args.seg_arch, args.seg_backbone_depth, args.seg_backbone_weights, from_scratch)
+    net = deeplab.build(len(args.data.class_names), args.seg_arch, args.seg_backbone_depth, args.seg_backbone_weights, from_scratch)
     backbone, head_w, head_b = net.param_groups()
     lr, wd = args.seg_learning_rate, args.seg_weight_decay
     groups = [{"params": backbone, "lr": lr, "weight_decay": wd},

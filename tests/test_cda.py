@@ -11,6 +11,7 @@ from PIL import Image
 from cda.dataset import PairedDataset, sample_grid
 from cda.paste import paste_instances, paste_with, shrink_size
 from cda.pool import InstancePool, build_pool, crop_instance, select_instances
+from misc.datasets import as_data
 from misc.pyutils import UserError
 
 K = 20
@@ -346,7 +347,7 @@ def test_sample_grid_writes_a_picture(tmp_path):
 
 def pool_args(devkit, tmp_path, **kw):  # the driver flags make_instance_pool reads
     args = dict(pool_source="gt", pool_mask_dir=None, pool_list=os.path.join(devkit, "train_aug.txt"),
-                voc12_root=str(devkit), cls_labels=os.path.join(devkit, "cls_labels.txt"), pool_min_ratio=0.05, pool_max_ratio=0.9, pool_dir=str(tmp_path / "pool"))
+                data=as_data(str(devkit)), cls_labels=os.path.join(devkit, "cls_labels.txt"), pool_min_ratio=0.05, pool_max_ratio=0.9, pool_dir=str(tmp_path / "pool"))
     args.update(kw)
     return types.SimpleNamespace(**args)
 
@@ -396,8 +397,8 @@ def test_classes_never_pasted_names_only_classes_of_the_list():
     labels = {"a": np.eye(20, dtype=np.float32)[CAT_LIST.index("cow")],
               "b": np.eye(20, dtype=np.float32)[CAT_LIST.index("car")] + np.eye(20, dtype=np.float32)[0]}
     meta = {"classes_without_instances": ["aeroplane", "bicycle", "car", "sheep"]}
-    assert classes_never_pasted(meta, ["a", "b"], labels) == ["aeroplane", "car"]
-    assert classes_never_pasted(meta, ["a"], labels) == []
+    assert classes_never_pasted(meta, ["a", "b"], labels, CAT_LIST) == ["aeroplane", "car"]
+    assert classes_never_pasted(meta, ["a"], labels, CAT_LIST) == []
 
 
 def test_make_instance_pool_user_errors(tiny_devkit, tmp_path):

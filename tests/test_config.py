@@ -143,10 +143,14 @@ def _labels_without(devkit, tmp_path, name):
     return str(path)
 
 
-@pytest.mark.parametrize("case", ["seg_test_list", "pool_labels", "work_dir", "backbone_weights", "cam_weights"])
+@pytest.mark.parametrize("case", ["seg_test_list", "pool_labels", "work_dir", "backbone_weights", "cam_weights",
+                                  "backbone_keys", "cam_weights_keys"])
 def test_inputs_are_checked_before_the_first_step(case, tiny_devkit, tmp_path, capsys):
     """Each of these used to stop the run only when the step that reads it came (minutes in, on VOC)."""
     import time
+
+    import torch
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "linear.pth")  # the weights of another network
     pool = tmp_path / "pool.txt"
     pool.write_text(open(tiny_devkit / "heldout.txt").read())  # images of the devkit outside --train_list
     first = pool.read_text().split()[0]
@@ -159,6 +163,12 @@ def test_inputs_are_checked_before_the_first_step(case, tiny_devkit, tmp_path, c
         "work_dir": (["--work_dir", str(tmp_path / "a_file" / "work")], ["cannot write into", "a_file"]),
         "backbone_weights": (["--backbone_weights", str(tmp_path / "nope.pth")], ["--backbone_weights", "nope.pth"]),
         "cam_weights": (["--train_cam_pass", "False"], ["stage I make_cam: weights", "res50_cam.pth"]),
+        "backbone_keys": (["--backbone_weights", str(tmp_path / "linear.pth")],
+                          ["--backbone_weights (read by train_cam): backbone weights", "linear.pth",
+                           "265 missing, 2 unexpected keys", "pass a ResNet-50 state dict"]),
+        "cam_weights_keys": (["--train_cam_pass", "False", "--cam_weights_name", str(tmp_path / "linear.pth")],
+                             ["stage I make_cam: weights (read by make_cam): weights", "linear.pth does not fit CAM",
+                              "797 missing, 2 unexpected keys", "or train it in this run"]),
     }[case]
     start = time.time()
     assert run_sample.main(own_lists(tiny_devkit, tmp_path / "w") + ["--device", "cpu"] + argv) == 2
@@ -166,3 +176,83 @@ def test_inputs_are_checked_before_the_first_step(case, tiny_devkit, tmp_path, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and all(w in err for w in words), err
     assert not (tmp_path / "w" / "sess").exists()  # nothing ran
+
+
+# ---------------------------------------------------------------- the keys of the weights files
+
+
+def _meta_file(path, make):
+    """The state dict of make() built on the meta device: the keys and shapes of a real file, no bytes."""
+    import torch
+    with torch.device("meta"):
+        torch.save(make().state_dict(), path)
+    return str(path)
+
+
+def test_weights_keys_are_checked_as_each_step_loads(tmp_path):
+    """Every step's check passes the files its loader takes (a whole checkpoint as a backbone, torchvision's fc, a
+    ResNet-38 network's head) and refuses another network's or another width's, in one line, without allocating a
+    network."""
+    import time
+    import types
+
+    import torchvision
+    from misc import datasets
+    from net import deeplab, resnet38_aff, resnet38_cls, resnet38_SEAM, resnet50_cam, resnet50_irn, weights
+    args = types.SimpleNamespace(data=datasets.Data("voc12", "", ""), resnet38_width=0.125, from_scratch=False,
+                                 seg_arch="deeplabv2", seg_backbone_depth=50, irn_crop_size=512, aff_radius=5,
+                                 aff_seam_radius=False)
+    f = {name: _meta_file(tmp_path / f"{name}.pth", make) for name, make in {
+        "torchvision": torchvision.models.resnet50, "cam": lambda: resnet50_cam.Net(20), "irn": resnet50_irn.Net,
+        "cls": lambda: resnet38_cls.Net(20, width=0.125), "seam": lambda: resnet38_SEAM.Net(20, width=0.125),
+        "aff": lambda: resnet38_aff.Net(width=0.125), "seg": lambda: deeplab.build(21, "deeplabv2", 50),
+        "cls_wide": lambda: resnet38_cls.Net(20, width=0.25)}.items()}
+    fits = {"train_cam": ["torchvision", "cam", "irn"], "train_irn": ["torchvision", "cam", "irn"],
+            "train_cls": ["cls", "seam", "aff"], "train_seam": ["cls", "seam", "aff"],
+            "train_aff": ["cls", "seam", "aff"],
+            "train_seg": ["torchvision", "cam"], "make_cam": ["cam"], "infer_cls": ["cls"], "infer_seam": ["seam"],
+            "make_sem_seg": ["irn"], "infer_aff": ["aff"], "eval_seg": ["seg"]}
+    assert sorted(fits) == sorted(weights.LOADERS)
+    start = time.time()
+    for step, names in fits.items():
+        for name in names:
+            weights.check(args, step, f[name], "--flag")
+        for name in sorted(set(f) - set(names) - {"torchvision"})[:3]:
+            with pytest.raises(pyutils.UserError) as e:
+                weights.check(args, step, f[name], "--flag")
+            msg = str(e.value)
+            assert "\n" not in msg and msg.startswith(f"--flag (read by {step}): ") and f[name] in msg, msg
+            assert "does not fit" in msg and "; pass " in msg, msg
+    assert time.time() - start < 10
+
+
+def test_weights_keys_of_mxnet_params(tmp_path):
+    """A .params given for ResNet-38 goes through the MXNet reader and its renaming: one that lacks tensors fails."""
+    import types
+
+    import numpy as np
+    from misc import datasets
+    from net import weights
+    from test_resnet38 import write_mxnet
+    path = str(tmp_path / "short.params")
+    write_mxnet(path, {"arg:conv1a_weight": np.zeros((64, 3, 3, 3), np.float32)})
+    args = types.SimpleNamespace(data=datasets.Data("voc12", "", ""), resnet38_width=1.0)
+    with pytest.raises(pyutils.UserError, match=r"^--backbone_weights \(read by train_cls\): .*short.params is not the "
+                                                r"ResNet-38 ImageNet model \(190 of the 191 backbone tensors missing"):
+        weights.check(args, "train_cls", path, "--backbone_weights")
+
+
+def test_only_the_weights_a_step_reads_are_listed(tiny_devkit, tmp_path):
+    """A backbone flag is checked for the steps that start from it (psa has no train_irn: --irn_backbone_weights,
+    which follows --backbone_weights, is not a ResNet-50 there); 'cam' is the stage's classifier when it is not
+    trained in this run."""
+    weights = str(tmp_path / "res38.pth")
+    args = config.resolve(own_lists(tiny_devkit, tmp_path / "w") + ["--method", "psa", "--backbone_weights", weights,
+                                                                   "--stage2", "False"])
+    _, files, _ = config.inputs(args)
+    assert files == [("--backbone_weights", weights, "train_cls"), ("--aff_backbone_weights", weights, "train_aff")]
+    args = config.resolve(own_lists(tiny_devkit, tmp_path / "w") + [
+        "--irn_backbone_weights", "cam", "--train_cam_pass", "False", "--make_cam_pass", "False", "--stage2", "False"])
+    _, files, _ = config.inputs(args)
+    assert [(what, step) for what, _, step in files] == [("stage I train_irn: --irn_backbone_weights cam", "train_irn")]
+    assert files[0][1] == args.cam_weights_name

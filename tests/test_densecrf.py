@@ -387,7 +387,7 @@ def test_bad_input_is_one_clear_error(backend):
     with pytest.raises(densecrf.CRFInputError, match=r"outside \[0, 2\]"):
         imutils.crf_inference_label(img, np.where(truth == truth[0, 0], 3, truth), n_labels=3, backend=backend)
     with pytest.raises(densecrf.CRFInputError, match="expected 21"):
-        imutils.crf_inference(img, probs, backend=backend)
+        imutils.crf_inference(img, probs, 21, backend=backend)
     # one line for the driver (a UserError), and still a ValueError for code that catches those
     assert issubclass(densecrf.CRFInputError, UserError) and issubclass(densecrf.CRFInputError, ValueError)
 

@@ -160,6 +160,7 @@ def test_step_on_a_full_disk_resumes_to_the_same_outputs(step, base, tmp_path, m
     err = error_line(capsys)
     assert disk.writes == 4  # it stopped at the first failed write
     assert err.startswith(f"error: no space left on the disk while writing into {work / folder} (")
+    assert f" free there; stage I {step} still needed about " in err and " by estimate (7 images x " in err
     assert "free space on that disk, then rerun the same command" in err and "--resume" in err
     assert len(list((work / folder).iterdir())) == 3 and not temp_files(tmp_path)
 
@@ -169,6 +170,65 @@ def test_step_on_a_full_disk_resumes_to_the_same_outputs(step, base, tmp_path, m
     assert sorted(p.name for p in (work / folder).iterdir()) == ref
     different = [n for n in ref if not same_file(work / folder / n, ref_work / folder / n, work, ref_work)]
     assert not different and not temp_files(tmp_path)
+
+
+def parse_bytes(text):
+    """The inverse of pyutils.format_bytes, to its one decimal."""
+    number, unit = text.split()
+    return float(number) * {"bytes": 1, "kB": 2 ** 10, "MB": 2 ** 20, "GB": 2 ** 30}[unit]
+
+
+def test_estimate_warns_up_front_and_a_raw_enospc_says_what_was_left(base, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """With less free space than the CAMs will take, a warning before the first step names the step, its estimate
+    and the free space; an ENOSPC OSError that a step raises outside atomic_path (cda.pool's folders, say) is the
+    same one line, with what the step still needed. The estimate is within 5% of the real CAM files' bytes."""
+    import step.make_cam
+    devkit, work = copy_base(base, tmp_path / "w")
+    (work / "result" / "cam").rename(tmp_path / "made")  # base's CAM files: make_cam's format and sizes
+    real = sum(p.stat().st_size for p in (tmp_path / "made").iterdir())
+    monkeypatch.setattr(pyutils, "free_bytes", lambda path: 10_000)
+
+    def run(args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(args.cam_out_dir, "2007_000000.npz"))
+    monkeypatch.setattr(step.make_cam, "run", run)
+    capsys.readouterr()
+    assert run_sample.main(flags(devkit, work) + only("make_cam")) == 2
+    out = capsys.readouterr()
+    warning = [line for line in out.out.splitlines() if line.startswith("warning: not enough disk space")]
+    assert len(warning) == 1, out.out
+    head = "warning: not enough disk space, by estimate: stage I make_cam writes about "
+    assert warning[0].startswith(head) and f" into {work / 'result' / 'cam'}, 9.8 kB free there; " in warning[0]
+    estimate = warning[0][len(head):].split(" into ")[0]
+    assert abs(parse_bytes(estimate) - real) < 0.05 * real, (estimate, real)
+
+    err = [line for line in out.err.strip().splitlines() if line.startswith("error: ")]
+    assert len(err) == 1, out.err
+    assert err[0].startswith(f"error: no space left on the disk while writing into {work / 'result' / 'cam'} "
+                             f"(9.8 kB free there; stage I make_cam still needed about {estimate} by estimate "
+                             "(10 images x "), err
+    assert "): free space on that disk, then rerun the same command" in err[0]
+
+
+def test_raw_enospc_outside_the_steps_is_one_line(tiny_devkit, tmp_path, monkeypatch, capsys):
+    """An ENOSPC without a file name, raised outside any step (here: by setup), names --work_dir."""
+    def setup(args, argv):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(run_sample, "setup", setup)
+    argv = flags(tiny_devkit, tmp_path / "w") + only()
+    assert run_sample.main(argv) == 2
+    assert error_line(capsys).startswith(f"error: no space left on the disk while writing into {tmp_path / 'w'} (")
+
+
+def test_disk_full_error_pickles_whole(tmp_path):
+    """A worker process's DiskFullError (the CRF steps' pool) arrives with its folder, for the driver's estimate."""
+    import pickle
+    err = pickle.loads(pickle.dumps(pyutils.disk_full_error(str(tmp_path), OSError(errno.EDQUOT, "quota"))))
+    assert isinstance(err, pyutils.DiskFullError) and err.directory == str(tmp_path) and err.quota
+    again = pyutils.as_disk_full(err, lambda: "stage I cam_to_crf still needed about 3.0 GB by estimate")
+    assert str(again).startswith(f"disk quota exceeded while writing into {tmp_path} (")
+    assert " free there; stage I cam_to_crf still needed about 3.0 GB by estimate): free space or raise the quota" \
+        in str(again)
+    assert pyutils.as_disk_full(ValueError("a bug")) is None
 
 
 # ---------------------------------------------------------------- a real full disk (tmpfs)

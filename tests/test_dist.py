@@ -127,7 +127,7 @@ def random_weights(work, devkit):
     ones, mean 0 and variance 1, they are flat)."""
     from net import resnet50_cam, resnet50_irn
     torch.manual_seed(0)
-    net = resnet50_cam.Net(from_scratch=True).train()
+    net = resnet50_cam.Net(20, from_scratch=True).train()
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = None  # a plain average over the one batch
@@ -260,7 +260,7 @@ def test_one_training_step_matches_one_process(tiny_devkit, tmp_path, monkeypatc
     monkeypatch.setattr(training, "save_weights", save_per_rank)
     from net import resnet50_cam
     moved = train_one_step_both_ways(one, two, train_flags(tiny_devkit, one), train_flags(tiny_devkit, two),
-                                     "res50_cam.pth", resnet50_cam.Net)
+                                     "res50_cam.pth", lambda **kw: resnet50_cam.Net(20, **kw))
     # the step moved the trained layers (and the two processes moved them as one does)
     assert "classifier.weight" in moved and any(k.startswith("stage4") for k in moved)
 
@@ -302,5 +302,5 @@ def test_one_seg_training_step_matches_one_process(tiny_devkit, tmp_path, monkey
     monkeypatch.setattr(training, "save_weights", save_per_rank)
     from net import deeplab
     moved = train_one_step_both_ways(one, two, flags(one), flags(two), "deeplab.pth",
-                                     lambda: deeplab.build("deeplabv2", 50, "none"))
+                                     lambda: deeplab.build(21, "deeplabv2", 50, "none"))
     assert any(k.startswith("head.branches") for k in moved) and any(k.startswith("backbone.layer4") for k in moved)

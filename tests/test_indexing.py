@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import dense_walk
 from misc import indexing
+from voc12 import CLASS_NAMES
 
 
 def brute_force_dirs(radius):
@@ -75,7 +76,7 @@ def test_affinity_labels_on_crafted_map():
     label[4:7, 5:9] = 7
     label[:, 9] = 255
     pi = indexing.PathIndex(radius=3, default_size=label.shape)
-    bg_pos, fg_pos, neg = indexing.affinity_labels(label, pi.src_indices, pi.dst_indices)
+    bg_pos, fg_pos, neg = indexing.affinity_labels(label, pi.src_indices, pi.dst_indices, len(CLASS_NAMES))
     for t in (bg_pos, fg_pos, neg):
         assert t.dtype == torch.float32 and t.shape == pi.dst_indices.shape
 

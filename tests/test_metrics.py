@@ -56,7 +56,7 @@ def test_cam_threshold_sweep_equals_one_evaluation_per_threshold():
         if len(keys):
             cam[0, :2] = np.float32(0.25)  # exactly a threshold: the background wins the tie
         gt = rng.choice([0, 4, 12, 1, 255], size=(30, 40)).astype(np.uint8)
-        got = curve_confusions(cam, keys, gt, CURVE)
+        got = curve_confusions(cam, keys, gt, CURVE, len(CLASS_NAMES))
         for i, t in enumerate(CURVE):
             c = ConfusionMatrix(CLASS_NAMES)
             c.update(gt, cam_to_label(cam, keys, t))

@@ -64,7 +64,7 @@ def cam_train_step(net):
 
 
 def test_cam_net_faithful_training_step():
-    net = resnet50_cam.Net()
+    net = resnet50_cam.Net(20)
     perturb_bn(net)
     before = bn_stats(net)
     stem = net.resnet50.conv1.weight.clone()
@@ -83,7 +83,7 @@ def test_cam_net_faithful_training_step():
 
 
 def test_cam_net_from_scratch_trains_everything():
-    net = resnet50_cam.Net(from_scratch=True)
+    net = resnet50_cam.Net(20, from_scratch=True)
     before = bn_stats(net)
     cam_train_step(net)
     changed = [k for k, v in bn_stats(net).items() if not torch.equal(v, before[k])]
@@ -92,7 +92,7 @@ def test_cam_net_from_scratch_trains_everything():
 
 
 def test_cam_shape_nonnegative_flip_invariant():
-    cam = resnet50_cam.CAM().eval()
+    cam = resnet50_cam.CAM(20).eval()
     perturb_bn(cam)
     img = torch.randn(3, 70, 50)
     pair = torch.stack([img, img.flip(-1)])
@@ -108,7 +108,7 @@ def test_cam_shape_nonnegative_flip_invariant():
 
 
 def test_state_dict_keys_equal_irnet():
-    assert list(resnet50_cam.Net().state_dict()) == CAM_KEYS
+    assert list(resnet50_cam.Net(20).state_dict()) == CAM_KEYS
     assert len(LOSS_BUFFERS) == 21  # radius 10: 20 path lengths + disp_target
     assert list(resnet50_irn.EdgeDisplacement().state_dict()) == IRN_KEYS
     # our training form does not save the index buffers, so its checkpoint has the inference keys
@@ -132,11 +132,11 @@ def test_reference_checkpoints_load_strictly(tmp_path):
         resnet50_irn.load_irn_weights(resnet50_irn.EdgeDisplacement(), path)
 
     # CAM: a released-style checkpoint loads into CAM and gives its backbone to resnet50(weights=PATH)
-    cam_src = resnet50_cam.Net()
+    cam_src = resnet50_cam.Net(20)
     perturb_bn(cam_src)
     path = str(tmp_path / "cam.pth")
     torch.save(cam_src.state_dict(), path)
-    cam = resnet50_cam.load_cam_weights(resnet50_cam.CAM(), path)
+    cam = resnet50_cam.load_cam_weights(resnet50_cam.CAM(20), path)
     torch.testing.assert_close(cam.classifier.weight, cam_src.classifier.weight)
     backbone = resnet50.resnet50(weights=path)
     torch.testing.assert_close(backbone.layer4[2].bn3.running_var, cam_src.resnet50.layer4[2].bn3.running_var)
@@ -144,12 +144,12 @@ def test_reference_checkpoints_load_strictly(tmp_path):
 
 def test_checkpoint_of_the_other_network_is_a_user_error(tmp_path):
     cam_path, irn_path = str(tmp_path / "cam.pth"), str(tmp_path / "irn.pth")
-    torch.save(resnet50_cam.Net().state_dict(), cam_path)
+    torch.save(resnet50_cam.Net(20).state_dict(), cam_path)
     torch.save(resnet50_irn.Net().state_dict(), irn_path)
     with pytest.raises(UserError, match=r"IRN weights .*cam\.pth does not fit EdgeDisplacement: \d+ missing, \d+ unexpected"):
         resnet50_irn.load_irn_weights(resnet50_irn.EdgeDisplacement(), cam_path)
     with pytest.raises(UserError, match=r"CAM weights .*irn\.pth does not fit CAM: \d+ missing, \d+ unexpected"):
-        resnet50_cam.load_cam_weights(resnet50_cam.CAM(), irn_path)
+        resnet50_cam.load_cam_weights(resnet50_cam.CAM(20), irn_path)
     with pytest.raises(UserError, match=r"not found: .*missing\.pth; run step train_irn"):
         resnet50_irn.load_irn_weights(resnet50_irn.EdgeDisplacement(), str(tmp_path / "missing.pth"))
 

@@ -12,7 +12,7 @@ from PIL import Image
 import dense_walk
 from misc import imutils, indexing, pyutils
 from step import cam_to_crf
-from voc12 import dataloader as dl
+from voc12 import CAT_LIST, CLASS_NAMES, dataloader as dl
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -61,7 +61,7 @@ def test_affinity_labels_equal_psa():
     f = fixture("aff_labels")
     src, dst = indexing.pair_indices(5, (56, 56))
     for j in range(3):
-        ours = indexing.affinity_labels(f[f"map{j}"], src, dst)
+        ours = indexing.affinity_labels(f[f"map{j}"], src, dst, len(CLASS_NAMES))
         for name, t in zip(("bg", "fg", "neg"), ours):
             assert t.dtype == torch.float32 and t.shape == (34, 52 * 48)
             assert np.array_equal(t.numpy() == 1, f[f"{name}{j}"]), (j, name)
@@ -107,7 +107,7 @@ def test_cam_to_crf_step_writes_resumes_and_feeds_the_aff_dataset(tiny_devkit, t
     _write_cams(tiny_devkit, args.cam_out_dir, names)
     cam_to_crf.run(args)
     n = names[1]
-    img = imutils.read_image(dl.get_img_path(n, args.voc12_root))
+    img = imutils.read_image(dl.get_img_path(n, args.data))
     cam = pyutils.load_npz(os.path.join(args.cam_out_dir, n + ".npz"))
     for d, alpha in ((args.la_crf_dir, 4), (args.ha_crf_dir, 32)):
         keys, crf = dl.load_crf(d, n, img.shape[:2])
@@ -123,7 +123,7 @@ def test_cam_to_crf_step_writes_resumes_and_feeds_the_aff_dataset(tiny_devkit, t
     assert np.array_equal(dl.load_crf(args.la_crf_dir, n)[1], cam_to_crf.crf_scores(img, cam["high_res"], 2))
 
     # the AffinityNet data set reads them: shapes, labels, determinism per (seed, epoch, idx)
-    ds = dl.PSAAffinityDataset(args.train_list, args.la_crf_dir, args.ha_crf_dir, 80, args.voc12_root, seed=3)
+    ds = dl.PSAAffinityDataset(args.train_list, args.la_crf_dir, args.ha_crf_dir, 80, args.data, seed=3)
     item = ds[1]
     assert item["img"].shape == (3, 80, 80) and item["img"].dtype == np.float32
     assert item["label"].shape == (10, 10) and item["label"].dtype == np.uint8
@@ -148,7 +148,7 @@ def test_cam_to_crf_errors(tiny_devkit, tmp_path):
     with pytest.raises(pyutils.UserError, match="does not fit"):
         cam_to_crf.run(args)
     with pytest.raises(pyutils.UserError, match="CRF folder not found"):
-        dl.PSAAffinityDataset(args.train_list, str(tmp_path / "nope"), args.ha_crf_dir, 80, args.voc12_root)
+        dl.PSAAffinityDataset(args.train_list, str(tmp_path / "nope"), args.ha_crf_dir, 80, args.data)
 
 
 # ---------------------------------------------------------------- the affinity training sample (check 11)
@@ -200,7 +200,7 @@ def _walk_inputs(f, j, junk_seed=0):
     size = tuple(int(v) for v in f[f"size{j}"])
     alpha, beta, logt = (int(v) for v in f[f"params{j}"])
     cams = f[f"cams{j}"].astype(np.float32) / np.float32(255)
-    scores = indexing.cam_walk_scores(cams, f[f"keys{j}"], alpha)
+    scores = indexing.cam_walk_scores(cams, f[f"keys{j}"], alpha, len(CAT_LIST))
     grid = scores.shape[1:]
     aff = indexing.pairs_to_grid(torch.from_numpy(f[f"aff{j}"]), grid)
     junk = torch.rand(aff.shape, generator=torch.Generator().manual_seed(junk_seed))

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import torch
 
+from voc12 import CAT_LIST
+
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "psa_infer_ref.npz")
 
 SCALES = (1.0, 0.5, 1.5, 2.0)
@@ -131,12 +133,11 @@ def rel_diff(ours, theirs):
 
 def test_psa_cams_equal_reference(ref, devkit):
     """Check 8: norm_cam of the present classes, allclose rtol 1e-5 (atol 1e-5 x the map maximum, 1)."""
-    from net import resnet38_cls
     from step.infer_cls import psa_cams
-    from test_resnet38 import random_net
+    from test_resnet38 import VOC_CLS, random_net
     from voc12.dataloader import VOC12ClassificationDatasetMSF
 
-    model = random_net(resnet38_cls.Net, ref["cls_weight_sums"], backbone_weights="none", width=1.0)
+    model = random_net(VOC_CLS, ref["cls_weight_sums"], backbone_weights="none", width=1.0)
     dataset = VOC12ClassificationDatasetMSF(devkit["lists"]["cam"], devkit["root"], devkit["labels"], scales=SCALES)
     worst = 0.0
     with torch.no_grad():
@@ -183,7 +184,7 @@ def test_walk_labels_equal_reference(ref, devkit, monkeypatch):
             assert pack["name"] == name
             img = torch.as_tensor(pack["img"][0][0])
             labels = infer_aff.walk_labels(model, img, devkit["cams"][name], np.asarray(keys, np.int64), RADIUS,
-                                           ALPHA, BETA, LOGT)
+                                           ALPHA, BETA, LOGT, len(CAT_LIST))
             theirs = ref[f"walk_labels_{i}"]
             assert labels.shape == theirs.shape == size
             share = float((labels == theirs).mean())

@@ -80,6 +80,10 @@ def ref():
     return dict(psa.items(), **dict(seam.items()))
 
 
+def VOC_CLS(**kw):  # PSA's classifier for VOC's 20 classes
+    return resnet38_cls.Net(20, **kw)
+
+
 def random_net(cls, ref_sums=None, **kw):
     """cls(**kw) with fill_random_ weights, in eval mode. Built on the meta device and then given
     memory: PyTorch's own init of 105 M parameters would only be overwritten."""
@@ -99,7 +103,7 @@ def random_net(cls, ref_sums=None, **kw):
 
 @pytest.fixture(scope="module")
 def cls_net(ref):
-    return random_net(resnet38_cls.Net, ref["cls_weight_sums"])
+    return random_net(VOC_CLS, ref["cls_weight_sums"])
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +128,7 @@ def meta_net(cls, **kw):
         return cls(**kw)
 
 
-@pytest.mark.parametrize("cls, expected", [(resnet38_cls.Net, CLS_KEYS), (resnet38_aff.Net, AFF_KEYS),
+@pytest.mark.parametrize("cls, expected", [(VOC_CLS, CLS_KEYS), (resnet38_aff.Net, AFF_KEYS),
                                            (resnet38d.Net, CLS_KEYS[:-1])])
 def test_state_dict_keys_order_and_shapes(cls, expected):
     for from_scratch in (False, True):
@@ -146,7 +150,7 @@ def test_strict_load_of_reference_shaped_state_dict():
     with pytest.raises(UserError, match="wrong shape"):
         torchutils.load_state_dict_checked(net, dict(old, **{"f9.weight": torch.zeros(448, 448)}), "fixture")
     with pytest.raises(UserError, match="missing"):
-        torchutils.load_state_dict_checked(meta_net(resnet38_cls.Net), old, "fixture")  # an AffinityNet file
+        torchutils.load_state_dict_checked(meta_net(VOC_CLS), old, "fixture")  # an AffinityNet file
 
 
 # ------------------------------------------------------------------ freezing, groups (checks 3, 4, 5)
@@ -163,7 +167,7 @@ def group_index(net, groups):
 
 @pytest.mark.parametrize("name", ["cls", "aff"])
 def test_freezing_and_groups_as_reference(ref, name):
-    net = meta_net(resnet38_cls.Net if name == "cls" else resnet38_aff.Net)
+    net = meta_net(VOC_CLS if name == "cls" else resnet38_aff.Net)
     assert param_keys(net) == list(ref[f"{name}_param_keys"])
     # frozen from construction on (before any train()): the flags the reference has after train()
     assert [p.requires_grad for p in net.parameters()] == list(ref[f"{name}_requires_grad"])
@@ -338,7 +342,7 @@ def test_mxnet_conversion_takes_exactly_the_backbone(tmp_path):
 def test_imagenet_weights_missing_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(UserError, match=resnet38d.IMAGENET_FILE) as e:
-        resnet38_cls.Net(backbone_weights="imagenet")
+        resnet38_cls.Net(20, backbone_weights="imagenet")
     assert str(tmp_path / "hub" / "checkpoints") in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UserError, match="backbone weights not found"):
         resnet38_aff.Net(backbone_weights=str(tmp_path / "res38_cls.pth"))

@@ -20,6 +20,12 @@ from test_resnet38 import FIXTURES, assert_close, meta_net, random_net, read_key
 FIXTURE = os.path.join(FIXTURES, "seam_ref.npz")
 SEAM_KEYS = read_keys("resnet38_SEAM_keys.txt")
 
+
+def VOC_SEAM(**kw):  # SEAM's network for VOC's 20 classes
+    from net import resnet38_SEAM
+    return resnet38_SEAM.Net(20, **kw)
+
+
 TIE = (2, 5)  # 0-based classes with identical CAMs: fc8.weight[1 + 5] := fc8.weight[1 + 2]
 LABELS = ((2, 5, 7), (14,))  # 0-based classes of the two training images; both tied classes present
 SCALES = (0.5, 1.0, 1.5, 2.0)  # infer_SEAM.py:39
@@ -89,8 +95,7 @@ def ref():
 
 @pytest.fixture(scope="module")
 def seam_net(ref):
-    from net import resnet38_SEAM
-    net = tie_rows_(random_net(resnet38_SEAM.Net))  # fill_random_(net, 0) on a meta-built net, eval mode
+    net = tie_rows_(random_net(VOC_SEAM))  # fill_random_(net, 0) on a meta-built net, eval mode
     sums = np.array([v.sum(dtype=torch.float64).item() for v in net.state_dict().values()])
     np.testing.assert_allclose(sums, ref["weight_sums"], rtol=1e-9, atol=1e-6)
     return net
@@ -107,15 +112,14 @@ def inputs():
 def test_keys_order_and_strict_load():
     from misc import torchutils
     from misc.pyutils import UserError
-    from net import resnet38_SEAM
     shared = os.path.join(os.path.dirname(FIXTURES), "..", "..", "shared", "fixtures", "resnet38_SEAM_keys.txt")
     if os.path.isfile(shared):  # the copy here is the shared one
         assert open(shared).read() == open(os.path.join(FIXTURES, "resnet38_SEAM_keys.txt")).read()
     assert len(SEAM_KEYS) == 232
     for from_scratch in (False, True):
-        net = meta_net(resnet38_SEAM.Net, from_scratch=from_scratch)
+        net = meta_net(VOC_SEAM, from_scratch=from_scratch)
         assert [(k, tuple(v.shape)) for k, v in net.state_dict().items()] == SEAM_KEYS
-    net = meta_net(resnet38_SEAM.Net)
+    net = meta_net(VOC_SEAM)
     full = {k: torch.tensor(0).expand(s) if k.endswith("num_batches_tracked") else torch.tensor(0.5).expand(s)
             for k, s in SEAM_KEYS}
     with warnings.catch_warnings():
@@ -127,15 +131,14 @@ def test_keys_order_and_strict_load():
     with pytest.raises(UserError, match="missing"):
         torchutils.load_state_dict_checked(net, {k: v for k, v in old.items() if k != "f9.weight"}, "fixture")
     # a narrow (demo) net keeps the key list
-    narrow = meta_net(resnet38_SEAM.Net, width=0.125)
+    narrow = meta_net(VOC_SEAM, width=0.125)
     assert list(narrow.state_dict()) == [k for k, _ in SEAM_KEYS]
     assert tuple(narrow.f9.weight.shape) == (24, 3 + 8 + 16, 1, 1) and narrow.fc8.weight.shape[0] == 21
 
 
 def test_freezing_and_groups_as_reference(ref):
-    from net import resnet38_SEAM
     from test_resnet38 import group_index
-    net = meta_net(resnet38_SEAM.Net)
+    net = meta_net(VOC_SEAM)
     assert [k for k, _ in net.named_parameters()] == list(ref["param_keys"])
     assert [p.requires_grad for p in net.parameters()] == list(ref["requires_grad"])
     after = ref["groups_after_train"]
@@ -288,7 +291,7 @@ def test_narrow_from_scratch_step_runs_and_leaves_inputs_alone():
     background row of fc8 gets no gradient; img and label are not modified."""
     from net import resnet38_SEAM
     torch.manual_seed(0)
-    net = resnet38_SEAM.Net(from_scratch=True, width=0.125).train()
+    net = resnet38_SEAM.Net(20, from_scratch=True, width=0.125).train()
     img, label = make_inputs()["x_fwd"], make_label()
     img0, label0 = img.clone(), label.clone()
     cam, cam_rv = net(img)

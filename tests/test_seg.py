@@ -59,7 +59,7 @@ def test_defaults_are_deeplab_pytorch_voc12():
 @pytest.mark.parametrize("arch,depth", [("deeplabv2", 101), ("deeplabv2", 50), ("deeplabv3plus", 50)])
 def test_output_stride_and_upsampled_logits(arch, depth):
     torch.manual_seed(0)
-    model = deeplab.build(arch, depth, "none").eval()
+    model = deeplab.build(21, arch, depth, "none").eval()
     stride = 8 if arch == "deeplabv2" else 4
     for h, w in ((41, 26), (40, 24))[:1 if depth == 101 else 2]:
         with torch.no_grad():
@@ -89,7 +89,7 @@ def test_aspp_sums_four_branches():
 
 def test_fused_inference_equals_the_loop():
     torch.manual_seed(0)
-    model = deeplab.build("deeplabv2", 50, "none").eval()
+    model = deeplab.build(21, "deeplabv2", 50, "none").eval()
     for m in model.modules():  # non-trivial statistics
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
@@ -117,7 +117,7 @@ def test_imagenet_weights_offline_is_one_line(monkeypatch):
         raise urllib.error.URLError("no network")
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(UserError) as e:
-        deeplab.build("deeplabv2", 101, "imagenet")
+        deeplab.build(21, "deeplabv2", 101, "imagenet")
     assert "resnet101-63fe2227.pth" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -176,7 +176,7 @@ def grouped_single_pass_loss(outputs, label, iter_size):
 def frozen_deeplab(scales=(0.5,)):
     """DeepLab-v2 on ResNet-50, BatchNorm frozen (the faithful mode) with statistics that keep activations tame."""
     torch.manual_seed(0)
-    net = deeplab.build("deeplabv2", 50, "none")
+    net = deeplab.build(21, "deeplabv2", 50, "none")
     gen = torch.Generator().manual_seed(1)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -234,9 +234,9 @@ def test_split_batch_keeps_order_and_names():
 
 
 def test_batch_statistics_decide_between_passes_and_one_forward():
-    assert not train_seg.uses_batch_statistics(deeplab.build("deeplabv2", 50, "none"))
-    assert train_seg.uses_batch_statistics(deeplab.build("deeplabv2", 50, "none", from_scratch=True))
-    assert train_seg.uses_batch_statistics(deeplab.build("deeplabv3plus", 50, "none"))  # the head's BatchNorm
+    assert not train_seg.uses_batch_statistics(deeplab.build(21, "deeplabv2", 50, "none"))
+    assert train_seg.uses_batch_statistics(deeplab.build(21, "deeplabv2", 50, "none", from_scratch=True))
+    assert train_seg.uses_batch_statistics(deeplab.build(21, "deeplabv3plus", 50, "none"))  # the head's BatchNorm
 
 
 def count_forwards(monkeypatch):
@@ -305,7 +305,7 @@ def test_two_processes_accumulate_their_own_groups(tiny_devkit, tmp_path, monkey
             "--seg_checkpoint_every", "1", "--seg_learning_rate", "0.01", "--seg_msc_scales"]
     monkeypatch.setattr(training, "save_weights", test_dist.save_per_rank)
     moved = test_dist.train_one_step_both_ways(one, two, flags(one), flags(two), "deeplab.pth",
-                                               lambda: deeplab.build("deeplabv2", 50, "none"))
+                                               lambda: deeplab.build(21, "deeplabv2", 50, "none"))
     assert any(k.startswith("head.branches") for k in moved) and any(k.startswith("backbone.layer4") for k in moved)
     assert "4 forward/backward passes of 2 accumulated, 2 in each process" in (two / "run.log").read_text()
 
@@ -373,7 +373,7 @@ def trained(tiny_devkit, tmp_path_factory):
 
 
 def batch_loss(model, args):
-    ds = PseudoMaskStream(args.seg_train_list, args.voc12_root, args.seg_label_dir, crop_size=int(args.seg_crop_size), scales=(1.0,),
+    ds = PseudoMaskStream(args.seg_train_list, args.data, args.seg_label_dir, crop_size=int(args.seg_crop_size), scales=(1.0,),
                           seed=5)
     items = [ds[i] for i in range(4)]
     img = torch.from_numpy(np.stack([it["img"] for it in items]))
@@ -387,8 +387,8 @@ def test_train_seg_writes_weights_and_lowers_the_loss(trained, tiny_devkit):
     args, work = trained
     assert os.path.getsize(args.seg_weights_name) > 0 and os.path.isfile(args.seg_weights_name + ".ckpt")
     torch.manual_seed(args.seed)
-    before = batch_loss(deeplab.build("deeplabv3plus", 50, "none", from_scratch=True), args)
-    after_model = deeplab.build("deeplabv3plus", 50, "none", from_scratch=True)
+    before = batch_loss(deeplab.build(21, "deeplabv3plus", 50, "none", from_scratch=True), args)
+    after_model = deeplab.build(21, "deeplabv3plus", 50, "none", from_scratch=True)
     after_model.load_state_dict(torch.load(args.seg_weights_name, weights_only=True))
     after = batch_loss(after_model, args)
     assert after < 0.8 * before, (before, after)

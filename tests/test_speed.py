@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from misc import cams, config, imutils, pyutils, stages, training
+from misc.datasets import as_data
 from misc.pyutils import UserError
 from net import resnet50_cam
 from step import cam_to_ir_label, make_cam
@@ -21,7 +22,7 @@ from voc12.dataloader import load_cls_labels, load_img_name_list
 @pytest.fixture(scope="module")
 def cam_net():
     torch.manual_seed(0)
-    return resnet50_cam.CAM().eval()
+    return resnet50_cam.CAM(20).eval()
 
 
 def test_batched_cams_equal_per_scale_path(cam_net):
@@ -75,7 +76,7 @@ def test_size_batches_group_images_of_one_size(tmp_path):
     (tmp_path / "JPEGImages").mkdir()
     for name, (w, h) in sizes.items():
         Image.new("RGB", (w, h)).save(tmp_path / "JPEGImages" / f"{name}.jpg")
-    ds = argparse.Namespace(img_name_list=list(sizes), voc12_root=str(tmp_path))
+    ds = argparse.Namespace(img_name_list=list(sizes), data=as_data(str(tmp_path)))
     batches = make_cam.size_batches(ds, [0, 1, 2, 3, 4], 2)
     assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
     assert all(len(b) <= 2 and len({sizes[ds.img_name_list[i]] for i in b}) == 1 for b in batches)

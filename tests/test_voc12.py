@@ -122,7 +122,7 @@ def test_list_and_label_file_errors(tmp_path):
 
 
 def test_missing_devkit_folder(tiny_devkit, tmp_path):
-    with pytest.raises(UserError, match="VOC devkit folder not found: .*nowhere"):
+    with pytest.raises(UserError, match="JPEGImages folder of --data_root not found: .*nowhere"):
         dl.VOC12ImageDataset(str(tiny_devkit / "train.txt"), str(tmp_path / "nowhere"))
 
 
@@ -223,7 +223,7 @@ def test_msf_dataset(tiny_devkit):
 
 def _seg_ds(root, **kw):
     return dl.VOC12SegmentationDataset(str(root / "train.txt"), str(root / "SegmentationClass"),
-                                       voc12_root=str(root), **kw)
+                                       root=str(root), **kw)
 
 
 def test_segmentation_dataset_pads_255_and_keeps_values(tiny_devkit):

@@ -1,8 +1,8 @@
-"""PASCAL VOC 2012 data sets for every step: classification training, multi-scale inference,
+"""The data sets of every step, for any data set described as misc/datasets.py says (VOC 2012, COCO 2014): classification training, multi-scale inference,
 segmentation / affinity training (IRNet's from IR label PNGs, AffinityNet's from la/ha CRF score maps)
 and raw images for the CRF.
 
-Lists and folders are always arguments. Items are plain numpy arrays (torch's default collate
+Lists and folders are always arguments; `root` is a misc.datasets.Data (or a VOC devkit folder). Items are plain numpy arrays (torch's default collate
 turns them into tensors). Each item draws its randomness from rng_for(idx), a generator seeded by
 (seed, epoch, idx), so the same item gets the same augmentation however many workers load it.
 """
@@ -11,10 +11,10 @@ import os
 import numpy as np
 
 from misc import imutils, pyutils
+from misc.datasets import as_data
 from misc.pyutils import UserError, require_dir, require_file
-from voc12 import CAT_LIST, CAT_NAME_TO_IDX, N_CAT
+from voc12 import CAT_LIST
 
-IMG_FOLDER = "JPEGImages"
 IGNORE = 255
 
 
@@ -42,44 +42,48 @@ def load_img_name_list(path):
     return names
 
 
-def load_cls_labels(path):
-    """{id: float32 (20,) multi-hot} from lines `<id> <class name> <class name> ...`."""
-    require_file(path, "class label file", "build it with: python -m voc12.make_cls_labels")
+def load_cls_labels(path, cat_list=CAT_LIST):
+    """{id: float32 (K,) multi-hot over cat_list} from lines `<id> <class name> <class name> ...`."""
+    require_file(path, "class label file", "build it with: python -m voc12.make_cls_labels (VOC) or python -m "
+                                           "coco14.prepare (COCO)")
+    index = {name: i for i, name in enumerate(cat_list)}
     labels = {}
     with open(path) as f:
         for line_no, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
                 continue
-            vec = np.zeros(N_CAT, np.float32)
+            vec = np.zeros(len(cat_list), np.float32)
             for name in parts[1:]:
-                if name not in CAT_NAME_TO_IDX:
+                if name not in index:
+                    shown = ", ".join(cat_list[:25]) + (", ..." if len(cat_list) > 25 else "")
                     raise UserError(f"{path} line {line_no}: unknown class name '{name}' for {parts[0]}; "
-                                    f"use the VOC names ({', '.join(CAT_LIST)})")
-                vec[CAT_NAME_TO_IDX[name]] = 1.0
+                                    f"use the data set's names ({shown}) or pick the right --dataset")
+                vec[index[name]] = 1.0
             labels[parts[0]] = vec
     return labels
 
 
-def get_img_path(name, voc12_root):
-    return os.path.join(voc12_root, IMG_FOLDER, name + ".jpg")
+def get_img_path(name, root):
+    return as_data(root).image_path(name)
 
 
-def eval_ids(voc12_root, eval_set, eval_list=None):
-    """Ids of the evaluation split: --eval_list if given, else ImageSets/Segmentation/<eval_set>.txt of the
-    devkit, as the reference (chainer_eval_set)."""
+def eval_ids(root, eval_set, eval_list=None):
+    """Ids of the evaluation split: --eval_list if given, else the data set's list of <eval_set> (VOC:
+    ImageSets/Segmentation/<eval_set>.txt of the devkit, as the reference's chainer_eval_set)."""
     if eval_list:
         return load_img_name_list(eval_list)
-    return load_img_name_list(os.path.join(voc12_root, "ImageSets", "Segmentation", eval_set + ".txt"))
+    return load_img_name_list(as_data(root).eval_list_path(eval_set))
 
 
-def gt_mask(voc12_root, name):
-    """The ground truth of `name`, checked against its image's size and VOC's labels (0..20, 255): a bad
-    mask is named as such instead of passing for a wrong prediction."""
-    path = os.path.join(voc12_root, "SegmentationClass", name + ".png")
-    require_file(path, "ground-truth mask", "the devkit needs SegmentationClass/ for evaluation")
-    size = imutils.image_size(get_img_path(name, voc12_root))
-    return imutils.read_label_png(path, size=size, num_classes=N_CAT + 1)
+def gt_mask(root, name):
+    """The ground truth of `name`, checked against its image's size and the data set's labels (0..K, 255): a
+    bad mask is named as such instead of passing for a wrong prediction."""
+    data = as_data(root)
+    path = data.gt_path(name)
+    require_file(path, "ground-truth mask", "the data set needs SegmentationClass/ for evaluation")
+    size = imutils.image_size(data.image_path(name))
+    return imutils.read_label_png(path, size=size, num_classes=len(data.class_names))
 
 
 class _Seeded:
@@ -99,22 +103,18 @@ class VOC12ImageDataset(_Seeded):
     """Raw images of a list: {'name', 'img' uint8 HWC RGB}. Checks every image exists up front,
     so a wrong root or list fails in a second instead of halfway through an epoch."""
 
-    def __init__(self, img_name_list_path, voc12_root):
-        require_dir(voc12_root, "VOC devkit folder",
-                    "pass --voc12_root pointing at the folder that holds JPEGImages "
-                    "(a toy one: python -m voc12.synth --out DIR)")
-        require_dir(os.path.join(voc12_root, IMG_FOLDER), "image folder",
-                    "--voc12_root must be a VOC devkit folder (VOCdevkit/VOC2012)")
+    def __init__(self, img_name_list_path, root):
+        self.data = as_data(root)
+        self.data.description.check_root(self.data.root, self.data.label_root)
         self.img_name_list = load_img_name_list(img_name_list_path)
-        self.voc12_root = voc12_root
-        require_per_image(self.img_name_list, lambda n: get_img_path(n, voc12_root), "image",
-                          "fix --voc12_root or remove the id from the list", listed_in=img_name_list_path)
+        require_per_image(self.img_name_list, self.data.image_path, "image",
+                          "fix --data_root or remove the id from the list", listed_in=img_name_list_path)
 
     def __len__(self):
         return len(self.img_name_list)
 
     def load_img(self, idx):
-        return imutils.read_image(get_img_path(self.img_name_list[idx], self.voc12_root))
+        return imutils.read_image(self.data.image_path(self.img_name_list[idx]))
 
     def __getitem__(self, idx):
         return {"name": self.img_name_list[idx], "img": self.load_img(idx)}
@@ -128,14 +128,14 @@ class VOC12ClassificationDataset(VOC12ImageDataset):
     color_jitter: None, or (brightness, contrast, saturation, hue) of torchvision's ColorJitter, applied
     after the flip and before normalising, as PSA's train_cls.py does."""
 
-    def __init__(self, img_name_list_path, voc12_root, cls_labels_path, resize_long=None,
+    def __init__(self, img_name_list_path, root, cls_labels_path, resize_long=None,
                  hor_flip=False, crop_size=None, crop_method=None, seed=0, color_jitter=None):
-        super().__init__(img_name_list_path, voc12_root)
+        super().__init__(img_name_list_path, root)
         if crop_method not in (None, "random", "top_left", "center"):
             raise ValueError(f"crop_method must be 'random', 'top_left' or 'center', got {crop_method!r}")
         if color_jitter is not None and len(color_jitter) != 4:
             raise ValueError(f"color_jitter must be (brightness, contrast, saturation, hue), got {color_jitter!r}")
-        all_labels = load_cls_labels(cls_labels_path)
+        all_labels = load_cls_labels(cls_labels_path, self.data.cat_list)
         missing = [n for n in self.img_name_list if n not in all_labels]
         if missing:
             raise UserError(f"id {missing[0]} of {img_name_list_path} has no line in {cls_labels_path} "
@@ -180,8 +180,8 @@ class VOC12ClassificationDatasetMSF(VOC12ClassificationDataset):
     """Multi-scale + flip inference input for make_cam: per scale a (2, 3, h, w) stack of the
     normalised image and its mirror; 'size' is the original (H, W)."""
 
-    def __init__(self, img_name_list_path, voc12_root, cls_labels_path, scales=(1.0, 0.5, 1.5, 2.0)):
-        super().__init__(img_name_list_path, voc12_root, cls_labels_path)
+    def __init__(self, img_name_list_path, root, cls_labels_path, scales=(1.0, 0.5, 1.5, 2.0)):
+        super().__init__(img_name_list_path, root, cls_labels_path)
         self.scales = tuple(scales)
 
     def __getitem__(self, idx):
@@ -200,9 +200,9 @@ class VOC12SegmentationDataset(VOC12ImageDataset):
 
     label_classes = None  # any uint8 label map; subclasses that need class indices say how many
 
-    def __init__(self, img_name_list_path, label_dir, crop_size, voc12_root, rescale=None,
+    def __init__(self, img_name_list_path, label_dir, crop_size, root, rescale=None,
                  hor_flip=False, crop_method="random", seed=0):
-        super().__init__(img_name_list_path, voc12_root)
+        super().__init__(img_name_list_path, root)
         require_dir(label_dir, "label folder", "run the step that writes the label PNGs first")
         require_per_image(self.img_name_list, lambda n: os.path.join(label_dir, n + ".png"), "label PNG",
                           "run the step that writes it, or fix the label folder")
@@ -237,12 +237,14 @@ class VOC12AffinityDataset(VOC12SegmentationDataset):
     """Segmentation items plus inter-pixel affinity targets for IRN: the cropped label is shrunk
     x0.25 with nearest neighbour (PIL) to the feature stride, then paired by the path index."""
 
-    # IR labels: background 0, classes 1..20, 255 unsure; any other value would pass for a class of its own
-    label_classes = N_CAT + 1
+    @property
+    def label_classes(self):
+        # IR labels: background 0, classes 1..K, 255 unsure; any other value would pass for a class of its own
+        return len(self.data.class_names)
 
-    def __init__(self, img_name_list_path, label_dir, crop_size, voc12_root, indices_from, indices_to,
+    def __init__(self, img_name_list_path, label_dir, crop_size, root, indices_from, indices_to,
                  rescale=None, hor_flip=False, crop_method="random", seed=0):
-        super().__init__(img_name_list_path, label_dir, crop_size, voc12_root, rescale=rescale,
+        super().__init__(img_name_list_path, label_dir, crop_size, root, rescale=rescale,
                          hor_flip=hor_flip, crop_method=crop_method, seed=seed)
         self.indices_from = indices_from
         self.indices_to = indices_to
@@ -252,7 +254,7 @@ class VOC12AffinityDataset(VOC12SegmentationDataset):
 
         out = super().__getitem__(idx)
         small = imutils.pil_rescale(out["label"], 0.25, 0)
-        bg_pos, fg_pos, neg = affinity_labels(small, self.indices_from, self.indices_to)
+        bg_pos, fg_pos, neg = affinity_labels(small, self.indices_from, self.indices_to, self.label_classes)
         out["aff_bg_pos_label"], out["aff_fg_pos_label"], out["aff_neg_label"] = bg_pos, fg_pos, neg
         return out
 
@@ -261,15 +263,15 @@ def crf_path(crf_dir, name):
     return os.path.join(crf_dir, name + ".npz")
 
 
-def load_crf(crf_dir, name, size=None):
-    """One la/ha CRF score file of cam_to_crf: (keys, crf) with keys int64 [0, classes + 1] (VOC labels)
-    and crf float32 (1 + K, H, W), checked against the image `size` (H, W) when given."""
+def load_crf(crf_dir, name, size=None, num_classes=None):
+    """One la/ha CRF score file of cam_to_crf: (keys, crf) with keys int64 [0, classes + 1] (segmentation labels,
+    at most num_classes when given) and crf float32 (1 + K, H, W), checked against the image `size` (H, W)."""
     path = crf_path(crf_dir, name)
     require_file(path, "CRF score file", "run the cam_to_crf step first")
     d = pyutils.load_npz(path, keys=("keys", "crf"))
     keys, crf = d["keys"], d["crf"]
     if not (keys.ndim == 1 and keys.dtype.kind in "iu" and keys.size >= 1 and keys[0] == 0
-            and ((keys >= 0) & (keys <= N_CAT)).all() and crf.ndim == 3 and crf.shape[0] == keys.size):
+            and (keys >= 0).all() and (num_classes is None or (keys <= num_classes).all()) and crf.ndim == 3 and crf.shape[0] == keys.size):
         raise UserError(f"{path} is not a CRF score file of cam_to_crf (keys {keys.tolist()[:25]}, crf {crf.shape}); "
                         "delete it and rerun cam_to_crf")
     if size is not None and crf.shape[1:] != tuple(int(v) for v in size):
@@ -293,11 +295,11 @@ class PSAAffinityDataset(VOC12ImageDataset):
 
     stride = 8
 
-    def __init__(self, img_name_list_path, la_crf_dir, ha_crf_dir, crop_size, voc12_root, radius=5,
+    def __init__(self, img_name_list_path, la_crf_dir, ha_crf_dir, crop_size, root, radius=5,
                  color_jitter=(0.3, 0.3, 0.3, 0.1), hor_flip=True, seed=0):
         from misc.indexing import pair_indices  # imported late: indexing is a heavier module
 
-        super().__init__(img_name_list_path, voc12_root)
+        super().__init__(img_name_list_path, root)
         if crop_size % self.stride:
             raise ValueError(f"crop_size must be a multiple of {self.stride}, got {crop_size}")
         for crf_dir, what in ((la_crf_dir, "la"), (ha_crf_dir, "ha")):
@@ -318,8 +320,8 @@ class PSAAffinityDataset(VOC12ImageDataset):
         """(name, uint8 HWC image, keys [0, classes + 1], la and ha scores stacked: (2(1 + K), H, W))."""
         name = self.img_name_list[idx]
         img = self.load_img(idx)
-        la_keys, la = load_crf(self.la_crf_dir, name, img.shape[:2])
-        ha_keys, ha = load_crf(self.ha_crf_dir, name, img.shape[:2])
+        la_keys, la = load_crf(self.la_crf_dir, name, img.shape[:2], self.data.num_classes)
+        ha_keys, ha = load_crf(self.ha_crf_dir, name, img.shape[:2], self.data.num_classes)
         if not np.array_equal(la_keys, ha_keys):
             raise UserError(f"{crf_path(self.la_crf_dir, name)} holds classes {la_keys.tolist()} but "
                             f"{crf_path(self.ha_crf_dir, name)} {ha_keys.tolist()}; rerun cam_to_crf with --force")
@@ -352,7 +354,8 @@ class PSAAffinityDataset(VOC12ImageDataset):
         name, img, keys, scores = self.load_example(idx)
         img, scores = self.transform(img, scores, self.rng_for(idx))
         label = self.label_from_scores(scores, keys)
-        bg_pos, fg_pos, neg = affinity_labels(label, self.indices_from, self.indices_to)
+        bg_pos, fg_pos, neg = affinity_labels(label, self.indices_from, self.indices_to,
+                                              len(self.data.class_names))
         return {"name": name, "img": img, "label": label,
                 "aff_bg_pos_label": bg_pos, "aff_fg_pos_label": fg_pos, "aff_neg_label": neg}
 
@@ -362,14 +365,14 @@ def classification_sets(args, validation=True):
     --cam_crop_size crop) and its validation set (--cam_val_crop: IRNet's top-left crop, PSA's centre crop, or
     none, of --cam_val_crop_size), or None without validation (SEAM)."""
     jitter = tuple(args.cam_color_jitter) if args.cam_color_jitter is not None else None
-    train_set = VOC12ClassificationDataset(args.train_list, args.voc12_root, args.cls_labels,
+    train_set = VOC12ClassificationDataset(args.train_list, args.data, args.cls_labels,
                                            resize_long=tuple(args.cam_resize_long), hor_flip=True,
                                            crop_size=args.cam_crop_size, crop_method="random", seed=args.seed,
                                            color_jitter=jitter)
     if not validation:
         return train_set, None
     crop = args.cam_val_crop
-    val_set = VOC12ClassificationDataset(args.val_list, args.voc12_root, args.cls_labels,
+    val_set = VOC12ClassificationDataset(args.val_list, args.data, args.cls_labels,
                                          crop_size=None if crop == "none" else args.cam_val_crop_size,
                                          crop_method=None if crop == "none" else crop, seed=args.seed)
     return train_set, val_set
@@ -378,28 +381,29 @@ def classification_sets(args, validation=True):
 LABELLED_LISTS = ("train_list", "val_list", "infer_list", "pool_list")  # read with their image-level labels
 
 
-def check_inputs(voc12_root, lists, cls_labels, eval_ids_=None):
+def check_inputs(root, lists, cls_labels, eval_ids_=None):
     """Before the first step: every list file of `lists` ((flag, path) pairs) exists and names images of the
     devkit, the label file covers the lists read with labels, and the evaluated ids (and --seg_val_list) have
     their ground truth. A failure is one UserError naming the flag and the file. seg_test_list only needs to
     exist: a test list whose images are not in the devkit is skipped by eval_seg with a log line."""
-    labels = load_cls_labels(cls_labels) if any(flag in LABELLED_LISTS for flag, _ in lists) else {}
+    data = as_data(root)
+    labels = load_cls_labels(cls_labels, data.cat_list) if any(flag in LABELLED_LISTS for flag, _ in lists) else {}
     for flag, path in lists:
         if not os.path.isfile(path):
             raise UserError(f"--{flag} {path} not found; pass a list file with one image id per line")
         names = load_img_name_list(path)
         if flag == "seg_test_list":
             continue
-        require_per_image(names, lambda n: get_img_path(n, voc12_root), "image", f"check --voc12_root and --{flag}",
+        require_per_image(names, data.image_path, "image", f"check --data_root and --{flag}",
                           listed_in=path)
         missing = [n for n in names if flag in LABELLED_LISTS and n not in labels]
         if missing:
             raise UserError(f"{cls_labels} has no image-level labels for {len(missing)} ids of --{flag} {path} (e.g. "
-                            f"{missing[0]}); rebuild it with python -m voc12.make_cls_labels or fix --cls_labels")
+                            f"{missing[0]}); rebuild it (python -m voc12.make_cls_labels / coco14.prepare) or fix --cls_labels")
         if flag == "seg_val_list":
-            require_per_image(names, lambda n: os.path.join(voc12_root, "SegmentationClass", n + ".png"),
+            require_per_image(names, data.gt_path,
                               "ground-truth mask", "eval_seg scores --seg_val_list against SegmentationClass/",
                               listed_in=path)
     if eval_ids_ is not None:
-        require_per_image(eval_ids_, lambda n: os.path.join(voc12_root, "SegmentationClass", n + ".png"),
+        require_per_image(eval_ids_, data.gt_path,
                           "ground-truth mask", "the eval steps need SegmentationClass/ (or pass --eval_list)")

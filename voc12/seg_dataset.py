@@ -18,15 +18,13 @@ from misc import imutils
 from misc.pyutils import UserError, require_dir
 from voc12.dataloader import IGNORE, VOC12ImageDataset, require_per_image
 
-N_LABELS = 21  # background + 20 classes; 255 is ignored
-
 
 class PseudoMaskStream(VOC12ImageDataset):
     """Item `pos` of the training stream: {'name', 'img' float32 CHW, 'label' int64 HW (255 ignored)}."""
 
-    def __init__(self, img_name_list_path, voc12_root, label_dir, crop_size=321,
+    def __init__(self, img_name_list_path, root, label_dir, crop_size=321,
                  scales=(0.5, 0.75, 1.0, 1.25, 1.5), flip=True, seed=0):
-        super().__init__(img_name_list_path, voc12_root)
+        super().__init__(img_name_list_path, root)
         require_dir(label_dir, "pseudo-mask folder",
                     "run make_sem_seg_labels first, or point --seg_label_dir at a folder of <id>.png masks")
         require_per_image(self.img_name_list, lambda n: os.path.join(label_dir, n + ".png"), "pseudo mask",
@@ -74,7 +72,7 @@ class PseudoMaskStream(VOC12ImageDataset):
         name = self.img_name_list[idx]
         img = self.load_img(idx)
         label = imutils.read_label_png(os.path.join(self.label_dir, name + ".png"), size=img.shape[:2],
-                                       num_classes=N_LABELS)
+                                       num_classes=len(self.data.class_names))
         img, label = self.augment(img, label, np.random.default_rng([int(self.seed), 1, int(pos)]))
         return {"name": name, "img": imutils.HWC_to_CHW(img),
                 "label": np.ascontiguousarray(label).astype(np.int64)}
