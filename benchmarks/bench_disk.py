@@ -12,7 +12,8 @@ measures each per-image output folder:
   (1 + K, H, W)) are uncompressed .npz: their size is a fixed part (keys, the zip and .npy headers) plus the map
   bytes, which grow with K, the image's classes (la/ha: 1 + K channels). Both parts are measured per file and
   the totals use the mean classes per image: VOC train_aug 1.56 (voc12/cls_labels.txt), COCO train2014 2.9
-  (Lin et al. 2014, "Microsoft COCO: Common Objects in Context", section 5: 2.9 categories per image).
+  (the mean labels per image multi-label classification papers report for COCO 2014, e.g. Chen et al. 2019,
+  ML-GCN; Lin et al. 2014, section 5, give 3.5 categories per image for all of COCO: 1.2x the map rows).
 - PNGs (IR labels, pseudo masks, eval_seg's predictions) are compressed: their size depends on the picture, and
   is the mean over the toy's files. The toy's shapes are simpler than real scenes, so real masks take more; the
   table also gives the bound of an 8-bit PNG, about a byte per pixel, which holds for any mask.
@@ -41,7 +42,7 @@ sys.path.insert(0, ROOT)
 VOC_SIZE = (500, 375)  # (W, H)
 VOC_TRAIN_AUG, VOC_VAL = 10582, 1449
 COCO_TRAIN, COCO_VAL = 82783, 40504
-COCO_CLASSES_PER_IMAGE = 2.9  # Lin et al. 2014, section 5
+COCO_CLASSES_PER_IMAGE = 2.9  # labels per image of COCO 2014 (docstring)
 LIMIT_GB = 150  # a step's outputs above this for train2014 get the compact form
 
 # (flag of the output folder, what, kind: 'cam' | 'crf' | 'png', images it is written for: 'train' | 'val')

@@ -56,6 +56,15 @@ SPLITS = ("train2014", "val2014")
 ROOT_HINT = ("point --data_root at the COCO 2014 folder that holds train2014/, val2014/ and "
              "annotations/instances_{train,val}2014.json")
 
+
+
+def palette():
+    """(256, 3) uint8 colours of the labels 0..255 in PNG masks and pictures: VOC's colour map, which gives the
+    81 labels distinct colours (COCO has no colour convention of its own; ReCAM's masks are greyscale PNGs)."""
+    from misc.imutils import voc_palette
+    return voc_palette()
+
+
 _STEM = re.compile(r"COCO_(" + "|".join(SPLITS) + r")_(\d{12})")
 
 
@@ -112,9 +121,12 @@ def prepare_data(data, num_workers, log):
 # train2014, validates it on val2014 and evaluates CAMs and pseudo masks on train2014.
 DEFAULTS = dict(train_list="{labels}/train14.txt", val_list="{labels}/val14.txt",
                 infer_list="{labels}/train14.txt", cls_labels="{labels}/cls_labels.txt", chainer_eval_set="train")
-# Published COCO settings: IRNet's on COCO as ReCAM runs it (run_sample_coco.py at a31c920: conf_fg_thres 0.35,
-# conf_bg_thres 0.1, every other flag equal to IRNet's VOC defaults). PSA, SEAM and the segmentation network
-# have no published COCO 2014 settings in their reference code: they run their VOC settings (README says so).
+# Published COCO settings for IRNet's pipeline: ReCAM's run_sample_coco.py (a31c920), conf_fg_thres 0.35 and
+# conf_bg_thres 0.1; every other flag there equals IRNet's VOC defaults (its cam_eval_thres 0.15 and
+# sem_seg_bg_thres 0.25 are IRNet's values; ReCAM's VOC script has 0.21 and 0.28). 0.35 / 0.1 are ReCAM's own IR
+# label thresholds, chosen for its ReCAM maps (its VOC script has them too since a31c920; IRNet's are 0.30 / 0.05);
+# here they apply to plain IRNet CAMs. PSA, SEAM and the segmentation network have no published COCO 2014
+# settings in their reference code: they run their VOC settings (README says so).
 METHOD_DEFAULTS = {"irn": dict(conf_fg_thres=0.35, conf_bg_thres=0.1)}
-SOURCES = ("ReCAM (zhaozhengChen/ReCAM): run_sample_coco.py (IRNet's COCO thresholds), mscoco/annToMask.py "
+SOURCES = ("ReCAM (zhaozhengChen/ReCAM): run_sample_coco.py (the IR label thresholds), mscoco/annToMask.py "
            "(masks), mscoco/dataloader.py (labels), step_coco/eval_cam.py and eval_sem_seg.py (train2014 evaluated)")

@@ -38,7 +38,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from coco14 import CAT_ID_TO_IDX, CAT_LIST, N_CAT, SPLITS, gt_path, image_path
+from coco14 import CAT_ID_TO_IDX, CAT_LIST, N_CAT, SPLITS, gt_path, image_path, palette
 from misc import imutils
 from misc.pyutils import UserError, atomic_path, load_json, one_line, remove_temp_files, require_dir, require_file
 
@@ -179,7 +179,7 @@ def paint(height, width, paint_list, where=""):
 
 def _write_mask(job):
     path, height, width, paint_list, where = job
-    imutils.save_label_png(path, paint(height, width, paint_list, where))
+    imutils.save_label_png(path, paint(height, width, paint_list, where), palette())
 
 
 # ---------------------------------------------------------------- the whole preparation

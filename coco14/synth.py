@@ -161,17 +161,12 @@ def write_devkit(root, num_images=300, size=(128, 96), seed=0, classes=None, num
     from tqdm import tqdm
 
     looks = [LOOKS[c] for c in _classes(classes)]
-    if num_images < 2:
-        raise UserError(f"--num_images must be at least 2 (one train2014 and one val2014 image), got {num_images}")
+    voc_synth.check_toy_args(num_images, context_bias, size)
     if num_val is None:
         num_val = max(1, round(num_images / 5))
     if not 1 <= num_val <= num_images - 1:
         raise UserError(f"--num_val must lie in 1..{num_images - 1} (both splits need an image), got {num_val}")
-    if not 0.0 <= context_bias <= 1.0:
-        raise UserError(f"--context_bias must lie in [0, 1], got {context_bias}")
     w, h = size
-    if w < 16 or h < 16:
-        raise UserError(f"--size {w}x{h} is too small; use at least 16x16")
     for sub in ("train2014", "val2014", "annotations"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
 
@@ -235,20 +230,12 @@ def write_devkit(root, num_images=300, size=(128, 96), seed=0, classes=None, num
     return root
 
 
-def _parse_size(text):
-    try:
-        w, h = (int(t) for t in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 128x96 (width x height), got {text!r}")
-    return w, h
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description="Write a toy COCO 2014 folder (images and instance annotations).")
     p.add_argument("--out", required=True, help="folder to write (created if missing)")
     p.add_argument("--num_images", type=int, default=300, help="images in the annotation files (train + val)")
     p.add_argument("--num_val", type=int, default=None, help="of those, how many go to val2014 (default a fifth)")
-    p.add_argument("--size", type=_parse_size, default=(128, 96), help="WIDTHxHEIGHT, e.g. 128x96")
+    p.add_argument("--size", type=voc_synth.parse_size, default=(128, 96), help="WIDTHxHEIGHT, e.g. 128x96")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--context_bias", type=float, default=0.9,
                    help="probability that an object sits on its home background (0 = unbiased)")

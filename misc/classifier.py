@@ -66,7 +66,7 @@ def validate(model, loader, device, amp):
     return (total[0] / total[1]).item() if total[1] > 0 else None
 
 
-def train_classifier(args, train_set, val_set, build_model, desc, val_drop_last=False, loss_fn=None):
+def train_classifier(args, train_set, val_set, build_model, desc, loss_fn=None):
     """The classification training shared by IRNet's train_cam, PSA's train_cls and SEAM's train_seam: poly
     SGD, validation loss per epoch (none when val_set is None, as SEAM), checkpoints; with args.cda the CDA
     paired set (stage II).
@@ -89,11 +89,10 @@ def train_classifier(args, train_set, val_set, build_model, desc, val_drop_last=
             pyutils.log(f"wrote {args.cda_samples_path}")
     training.require_one_batch(train_set, batch, args.train_list, "cam_batch_size")
     loader = training.make_loader(train_set, batch, True, args.seed, args.num_workers, device, drop_last=True)
-    # CDA validates pairs in batches of cam_batch_size / 2 with drop_last, as PSA does; IRNet keeps the last
-    # partial batch
+    # every reference validates with drop_last (IRNet's and ReCAM's train_cam, PSA's train_cls, CDA's pairs in
+    # batches of cam_batch_size / 2): only the logged loss depends on it
     val_loader = None if val_set is None else training.make_loader(val_set, batch, False, args.seed,
-                                                                    args.num_workers, device,
-                                                                    drop_last=cda or val_drop_last)
+                                                                    args.num_workers, device, drop_last=True)
     max_step = cam_max_step(len(train_set), len(loader), args, cda)
 
     torch.manual_seed(args.seed)  # the head's (and a 'none' backbone's) initial weights: same seed, same run

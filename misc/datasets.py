@@ -4,7 +4,7 @@ reads the class list, the paths and the palette from that description instead of
 A description module has:
 - NAME, TITLE; CAT_LIST (the object classes in label-vector order) and CLASS_NAMES (["background"] + CAT_LIST,
   the segmentation labels 0..K);
-- image_path(root, id) and gt_path(label_root, id);
+- image_path(root, id) and gt_path(label_root, id); palette(): (256, 3) uint8 colours of the labels;
 - eval_list_path(label_root, eval_set): the list of an evaluation split;
 - DEFAULTS: flag defaults of the data set (its lists, relative to the label root when they start with "{labels}/");
   METHOD_DEFAULTS: {method: flag defaults} where the field published settings for the pair; SOURCES: where they
@@ -38,6 +38,11 @@ class Data:
     @property
     def description(self):
         return describe(self.name)
+
+    @property
+    def palette(self):
+        """(256, 3) uint8: the colours of the labels in written masks and report pictures."""
+        return self.description.palette()
 
     @property
     def cat_list(self):

@@ -36,7 +36,7 @@ def read_image(path):
                     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             return np.array(im.convert("RGB"))
     except FileNotFoundError:
-        raise UserError(f"image not found: {path}; check --voc12_root and the image list")
+        raise UserError(f"image not found: {path}; check --data_root and the image list")
     except UnidentifiedImageError:  # its message would name an in-memory buffer, not the file
         raise UserError(f"cannot read image {path}: not an image format PIL knows; replace the file or drop its "
                         "id from the list")
@@ -50,7 +50,7 @@ def image_size(path):
         with Image.open(path) as im:
             return im.height, im.width
     except FileNotFoundError:
-        raise UserError(f"image not found: {path}; check --voc12_root and the image list")
+        raise UserError(f"image not found: {path}; check --data_root and the image list")
     except (OSError, ValueError, SyntaxError) as e:
         raise UserError(f"cannot read image {path} ({e}); replace the file or drop its id from the list")
 
@@ -91,13 +91,14 @@ def voc_palette():
     return pal.astype(np.uint8)
 
 
-def colorize(label):
-    """RGB uint8 picture of a label map in VOC colours (255 = ignore is light beige)."""
-    return voc_palette()[np.asarray(label, dtype=np.uint8)]
+def colorize(label, palette=None):
+    """RGB uint8 picture of a label map in a data set's colours (default VOC's; 255 = ignore is light beige)."""
+    return (voc_palette() if palette is None else palette)[np.asarray(label, dtype=np.uint8)]
 
 
-def save_label_png(path, label):
-    """Write a class-index map as a VOC palette PNG, atomically (temp name, then rename)."""
+def save_label_png(path, label, palette=None):
+    """Write a class-index map as a palette PNG (a data set's palette, default VOC's), atomically (temp name,
+    then rename)."""
     label = np.asarray(label)
     if label.ndim != 2:
         raise ValueError(f"label map must be HW, got shape {label.shape}")
@@ -106,7 +107,7 @@ def save_label_png(path, label):
             raise ValueError("label values must lie in 0..255")
         label = label.astype(np.uint8)
     im = Image.fromarray(np.ascontiguousarray(label))  # mode L
-    im.putpalette(voc_palette().tobytes())  # turns it into mode P without touching the indices
+    im.putpalette((voc_palette() if palette is None else palette).tobytes())  # turns it into mode P without touching the indices
     with atomic_path(path) as tmp:
         im.save(tmp, format="PNG")
 

@@ -37,10 +37,10 @@ def cam_overlay(img, cam_file):
     return (0.5 * img + 0.5 * heatmap(m)).astype(np.uint8)
 
 
-def mask_image(path, img=None):
+def mask_image(path, palette, img=None):
     if not os.path.isfile(path):
         return None
-    rgb = imutils.colorize(imutils.read_label_png(path))
+    rgb = imutils.colorize(imutils.read_label_png(path), palette)
     return rgb if img is None else (0.35 * img + 0.65 * rgb).astype(np.uint8)
 
 
@@ -85,13 +85,29 @@ def per_class_section(results):
     what = {"cam": "CAM", "sem_seg": "mask", "seg": "segmentation (val)"}
     head = "".join(f"<th>{dict(STAGES)[s]}<br>{what[m]}</th>" for s, m in cols)
     rows = []
-    names = dict.fromkeys(n for s, m in cols for n in results.get(s, {}).get(m, {}).get("iou", {}))
+    # the data set's order (background first), not the sorted keys results.json keeps
+    names = dict.fromkeys(["background"] + list(results.get("class_names", [])))
+    names.update(dict.fromkeys(n for s, m in cols for n in results.get(s, {}).get(m, {}).get("iou", {})))
     for name in names:
         values = [results.get(s, {}).get(m, {}).get("iou", {}).get(name) for s, m in cols]
         if all(v is None for v in values):
             continue  # a class in neither ground truth nor prediction (e.g. not in the toy devkit)
         rows.append(f"<tr><td>{name}</td>{''.join(f'<td>{pct(v)}</td>' for v in values)}</tr>")
     return f"<h2>Per-class IoU (%)</h2><table><tr><th>class</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def pool_counts(pool_dir):
+    """One line from pool.json: the instances per class that has any, in the data set's order, and how many
+    classes have none (with COCO's 80 classes most of a small pool's counts are 0)."""
+    meta = pyutils.load_json(os.path.join(pool_dir, "pool.json"), default=None)
+    if not meta:
+        return ""
+    counts = meta.get("counts", {})
+    order = meta.get("class_names") or sorted(counts)
+    have = ", ".join(f"{html.escape(c)} {counts[c]}" for c in order if counts.get(c))
+    none = len(meta.get("classes_without_instances", []))
+    return (f"<p>{meta.get('num_instances', 0)} instances from {meta.get('num_masks', 0)} masks: {have or 'none'}"
+            + (f"; {none} of {len(order)} classes have none" if none else "") + "</p>")
 
 
 def timing_section(results):
@@ -116,9 +132,9 @@ def pictures_section(args, names, width=200):
     rows = []
     for name in names:
         img = imutils.read_image(args.data.image_path(name))
-        panels = [img, mask_image(args.data.gt_path(name))]
+        panels = [img, mask_image(args.data.gt_path(name), args.data.palette)]
         panels += [cam_overlay(img, os.path.join(d, name + ".npz")) for _, d in cam_dirs]
-        panels += [mask_image(os.path.join(d, name + ".png")) for _, d in mask_dirs]
+        panels += [mask_image(os.path.join(d, name + ".png"), args.data.palette) for _, d in mask_dirs]
         cells = "".join(f"<td><img src='{data_uri(p, width)}'></td>" if p is not None else "<td>-</td>"
                         for p in panels)
         rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
@@ -137,8 +153,8 @@ def seg_pictures_section(args, width=200, num_pictures=6):
     rows = []
     for name in names:
         img = imutils.read_image(args.data.image_path(name))
-        panels = [img, mask_image(args.data.gt_path(name))]
-        panels += [mask_image(os.path.join(d, name + ".png")) for _, d in dirs]
+        panels = [img, mask_image(args.data.gt_path(name), args.data.palette)]
+        panels += [mask_image(os.path.join(d, name + ".png"), args.data.palette) for _, d in dirs]
         cells = "".join(f"<td><img src='{data_uri(p, width)}'></td>" if p is not None else "<td>-</td>"
                         for p in panels)
         rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
@@ -154,11 +170,11 @@ def write_report(args, path, title, note="", num_pictures=6):
     parts = [f"<h1>{html.escape(title)}</h1>", f"<p class=note>{html.escape(note)}</p>" if note else "",
              results_section(results, args.method, args.dataset), per_class_section(results), timing_section(results),
              pictures_section(args, names), seg_pictures_section(args, num_pictures=num_pictures)]
-    for label, p in (("Instance pool (stage I pseudo masks, one row per class)",
-                      os.path.join(args.pool_dir, "preview.png")),
-                     ("CDA samples: originals and their augmented copies", args.cda_samples_path)):
+    for label, p, text in (("Instance pool (stage I pseudo masks, one row per class)",
+                            os.path.join(args.pool_dir, "preview.png"), pool_counts(args.pool_dir)),
+                           ("CDA samples: originals and their augmented copies", args.cda_samples_path, "")):
         uri = file_uri(p)
-        parts.append(f"<h2>{label}</h2>" + (f"<img src='{uri}' class=wide>" if uri else "<p>not written</p>"))
+        parts.append(f"<h2>{label}</h2>{text}" + (f"<img src='{uri}' class=wide>" if uri else "<p>not written</p>"))
     style = ("body{font-family:sans-serif;margin:2em;max-width:1400px} table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} td:first-child{text-align:left}"
              ".paper{color:#777} .note{background:#fff6d5;padding:.6em;border-left:4px solid #e0b000}"

@@ -20,7 +20,7 @@ def confident_labels(imgs, high_res_list, keys_list, fg_thres, bg_thres, backend
     crf_imgs, maps, n_labels = [], [], []
     for img, high_res, keys in zip(imgs, high_res_list, keys_list):
         if len(keys) == 0:
-            continue  # no class (COCO has such images): all background, no CRF (ReCAM's cam_to_ir_label.py:29-32)
+            continue  # no class (COCO has such images): all background, no CRF (ReCAM's cam_to_ir_label.py:29-34)
         for thres in (fg_thres, bg_thres):
             crf_imgs.append(img)
             maps.append(imutils.bg_argmax(high_res, thres))
@@ -56,7 +56,7 @@ def _chunk(jobs, args):
     labels = confident_labels(imgs, [c["high_res"] for c in found], [c["keys"] for c in found], args.conf_fg_thres,
                               args.conf_bg_thres, args.crf_backend, args.device)
     for (name, _), label in zip(jobs, labels):
-        imutils.save_label_png(os.path.join(args.ir_label_out_dir, name + ".png"), label)
+        imutils.save_label_png(os.path.join(args.ir_label_out_dir, name + ".png"), label, args.data.palette)
     return len(jobs)
 
 

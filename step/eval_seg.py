@@ -55,23 +55,23 @@ def dense_crf(img, probs, iter_max=10, pos_w=3, pos_xy_std=1, bi_w=4, bi_xy_std=
     return imutils.dense_crf(img, probs, iter_max, pos_xy_std, pos_w, bi_xy_std, bi_rgb_std, bi_w, backend, device)
 
 
-def finish(img, probs, out_path, crf, crf_mode="reference"):
+def finish(img, probs, out_path, crf, crf_mode="reference", palette=None):
     """CRF with pydensecrf (optional; on crf_image(img, crf_mode)), argmax, palette PNG. Runs in a pool process
     when there are several."""
     if crf:
         probs = dense_crf(crf_image(img, crf_mode), probs, **CRF)
-    imutils.save_label_png(out_path, np.argmax(probs, axis=0).astype(np.uint8))
+    imutils.save_label_png(out_path, np.argmax(probs, axis=0).astype(np.uint8), palette)
     return out_path
 
 
-def finish_batch(jobs, crf_mode, device):
+def finish_batch(jobs, crf_mode, device, palette=None):
     """finish() of several images with one torch CRF call on `device` (--crf_backend torch)."""
     c = CRF
     qs = imutils.dense_crf_batch([crf_image(img, crf_mode) for img, _, _ in jobs], [p for _, p, _ in jobs],
                                  c["iter_max"], c["pos_xy_std"], c["pos_w"], c["bi_xy_std"], c["bi_rgb_std"],
                                  c["bi_w"], backend="torch", device=device)
     for (_, _, out_path), q in zip(jobs, qs):
-        imutils.save_label_png(out_path, np.argmax(q, axis=0).astype(np.uint8))
+        imutils.save_label_png(out_path, np.argmax(q, axis=0).astype(np.uint8), palette)
 
 
 def load_model(args):
@@ -99,7 +99,7 @@ def predict(model, names, out_dir, args, desc):
 
     todo = [names[i] for i in perimage.pending(desc, names, out, args, lambda n: (args.seg_weights_name,),
                                                out_dirs=[out_dir])]
-    pool, batch = None, []
+    pool, batch, palette = None, [], args.data.palette
     torch_crf = args.seg_crf and args.crf_backend == "torch"
     if args.seg_crf and not torch_crf and args.num_workers > 1 and len(todo) > 1:
         # the CRF is single-threaded and takes about as long as a forward on a GPU: a pool keeps up with it
@@ -109,12 +109,11 @@ def predict(model, names, out_dir, args, desc):
         with torch.inference_mode():
             for n in tqdm(todo, desc=desc, disable=not dist.is_main(), dynamic_ncols=True):
                 img = imutils.read_image(get_img_path(n, args.data))
-                job = (img, probabilities(model, img, args), out(n), args.seg_crf,
-                       args.seg_crf_image)
+                job = (img, probabilities(model, img, args), out(n), args.seg_crf, args.seg_crf_image, palette)
                 if torch_crf:  # the CRFs go to the device in batches
                     batch.append(job[:3])
                     if len(batch) == args.crf_batch:
-                        finish_batch(batch, args.seg_crf_image, args.device)
+                        finish_batch(batch, args.seg_crf_image, args.device, palette)
                         batch = []
                     continue
                 if pool is None:
@@ -126,7 +125,7 @@ def predict(model, names, out_dir, args, desc):
             while pending:
                 pending.popleft().get()
             if batch:
-                finish_batch(batch, args.seg_crf_image, args.device)
+                finish_batch(batch, args.seg_crf_image, args.device, palette)
     finally:
         if pool is not None:
             pool.terminate()

@@ -82,6 +82,6 @@ def run(args):
         img = torch.as_tensor(pack["img"][0][0]).to(device)
         label = walk_labels(model, img, cam["high_res"], cam["keys"], args.aff_radius, args.alpha, args.beta,
                             args.exp_times, args.data.num_classes)
-        imutils.save_label_png(out(pack["name"]), label)
+        imutils.save_label_png(out(pack["name"]), label, args.data.palette)
 
     perimage.for_each_loaded("infer_aff", dataset, todo, work, args.num_workers)

@@ -63,6 +63,6 @@ def run(args):
         edge, _ = model(pack["img"][0].to(device))
         label = walk_to_label(torch.from_numpy(cam["cam"]).to(device), cam["keys"], edge, size, args.beta,
                               args.exp_times, args.sem_seg_bg_thres)
-        imutils.save_label_png(out(pack["name"]), label)
+        imutils.save_label_png(out(pack["name"]), label, args.data.palette)
 
     perimage.for_each_loaded("make_sem_seg_labels", dataset, todo, work, args.num_workers)

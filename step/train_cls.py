@@ -19,4 +19,4 @@ def run(args):
                                  width=args.resnet38_width)
         return model, model.optimizer_groups(args.cam_learning_rate, args.cam_weight_decay)
 
-    classifier.train_classifier(args, train_set, val_set, build_model, "train_cls", val_drop_last=True)
+    classifier.train_classifier(args, train_set, val_set, build_model, "train_cls")

@@ -63,8 +63,8 @@ def add_arguments(group):
     g.add_argument("--seg_train_list", default=None, help="images that train the network (default: --train_list)")
     g.add_argument("--seg_val_list", default=None, help="images predicted and scored by eval_seg (default: --val_list)")
     g.add_argument("--seg_test_list", default=None,
-                   help="images predicted for the evaluation server (default: ImageSets/Segmentation/test.txt of "
-                        "--voc12_root when it is there, else none; '' or absent images: skipped)")
+                   help="images predicted for the evaluation server (default voc12: ImageSets/Segmentation/test.txt "
+                        "of --data_root when it is there, else none; coco14: none; '' or absent images: skipped)")
     g.add_argument("--seg_crop_size", default=321, type=int, help="random crop of train_seg")
     g.add_argument("--seg_rescale", default=(0.5, 0.75, 1.0, 1.25, 1.5), type=float, nargs="+",
                    help="train_seg rescales each image by one of these factors")

@@ -2,6 +2,7 @@
 then runs both stages and the segmentation network with 80 classes (background + 80 segmentation labels)."""
 from conftest import SEG_TINY, TINY_CLASSES
 import json
+import re
 
 import numpy as np
 import pytest
@@ -72,3 +73,11 @@ def test_results_name_the_data_set_and_its_classes(coco_run):
     assert "MS COCO 2014" in log and "33.2" in log  # the table names the data set and shows the listed figure
     report = (work / "report.html").read_text()
     assert "MS COCO 2014" in report and "traffic_light" not in report.split("Per-class")[0]
+    # per-class rows in the data set's order (background first), not results.json's sorted keys
+    rows = re.findall(r"<tr><td>([a-z_ ]+)</td><td>", report.split("Per-class")[1].split("</table>")[0])
+    assert rows[0] == "background" and rows == [n for n in CLASS_NAMES if n in rows] and len(rows) >= 3
+    # the pool's counts in one line: the classes that have instances, and how many of the 80 have none
+    have = [c for c in CAT_LIST if pool["counts"][c]]
+    line = f"{pool['num_instances']} instances from {pool['num_masks']} masks: " + ", ".join(
+        f"{c} {pool['counts'][c]}" for c in have)
+    assert line in report and f"{len(CAT_LIST) - len(have)} of {len(CAT_LIST)} classes have none" in report

@@ -84,3 +84,41 @@ def test_voc_defaults_are_irnets_lists(tiny_devkit, tmp_path):
 def test_unknown_dataset_is_one_line(tmp_path):
     with pytest.raises(pyutils.UserError, match="argument --dataset: invalid choice: 'coco'"):
         config.resolve(["--dataset", "coco", "--data_root", str(tmp_path)])
+
+
+def test_settings_per_data_set_and_explicit_flags_win(tmp_path):
+    root = ["--data_root", str(tmp_path), "--work_dir", str(tmp_path / "w")]
+    voc = config.parse(root)
+    coco = config.parse(["--dataset", "coco14"] + root)
+    assert (voc.conf_fg_thres, voc.conf_bg_thres) == (0.30, 0.05)  # IRNet
+    assert (coco.conf_fg_thres, coco.conf_bg_thres) == (0.35, 0.1)  # ReCAM's run_sample_coco.py
+    assert coco.cam_eval_thres == voc.cam_eval_thres and coco.sem_seg_bg_thres == voc.sem_seg_bg_thres
+    assert config.parse(["--dataset", "coco14", "--conf_fg_thres", "0.4"] + root).conf_fg_thres == 0.4
+    assert config.parse(["--dataset", "coco14", "--method", "psa"] + root).conf_fg_thres == voc.conf_fg_thres
+    # the demo: psa's classifier lr is 4x on the 80-class toy, VOC's demo and the other methods unchanged
+    demo = {(d, m): config.parse(["--dataset", d, "--method", m, "--demo"]).cam_learning_rate
+            for d in ("voc12", "coco14") for m in ("irn", "psa", "seam")}
+    assert demo[("coco14", "psa")] == 4 * demo[("voc12", "psa")] == 0.04
+    assert all(demo[("coco14", m)] == demo[("voc12", m)] for m in ("irn", "seam"))
+    assert config.parse(["--dataset", "coco14", "--method", "psa", "--demo", "--cam_learning_rate", "0.02"]
+                        ).cam_learning_rate == 0.02
+
+
+def test_palette_is_part_of_the_description(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from misc import imutils
+    for name in datasets.NAMES:
+        data = datasets.Data(name, "/r", "/l")
+        pal = data.palette
+        assert pal.shape == (256, 3) and pal.dtype == np.uint8
+        assert len({tuple(c) for c in pal[:len(data.class_names)]}) == len(data.class_names)  # distinct colours
+    # the writers and the report's pictures use the palette they are given
+    pal = imutils.voc_palette()[::-1].copy()
+    label = np.array([[0, 1], [80, 255]], np.uint8)
+    imutils.save_label_png(str(tmp_path / "m.png"), label, pal)
+    with Image.open(tmp_path / "m.png") as im:
+        assert im.mode == "P" and bytes(im.getpalette()[:768]) == pal.tobytes()
+    np.testing.assert_array_equal(imutils.read_label_png(str(tmp_path / "m.png")), label)
+    np.testing.assert_array_equal(imutils.colorize(label, pal), pal[label])

@@ -15,6 +15,14 @@ CAT_LIST = [
 N_CAT = len(CAT_LIST)
 CAT_NAME_TO_IDX = {name: i for i, name in enumerate(CAT_LIST)}
 CLASS_NAMES = ["background"] + CAT_LIST  # the segmentation labels 0..N_CAT
+
+
+def palette():
+    """(256, 3) uint8 colours of the labels 0..255 in PNG masks and pictures: VOC's colour map."""
+    from misc.imutils import voc_palette
+    return voc_palette()
+
+
 ROOT_HINT = "point --data_root (or --voc12_root) at VOCdevkit/VOC2012, the folder that holds JPEGImages/"
 
 

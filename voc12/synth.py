@@ -324,13 +324,8 @@ def write_devkit(out, num_images, size=(160, 120), seed=0, classes=None, context
     if unknown:
         raise UserError(f"unknown class '{unknown[0]}' in --classes; choose from {', '.join(CAT_LIST)}")
     classes = [c for c in CAT_LIST if c in set(classes)]  # canonical order, no duplicates
-    if num_images < 2:
-        raise UserError(f"--num_images must be at least 2 (one training and one val image), got {num_images}")
-    if not 0.0 <= context_bias <= 1.0:
-        raise UserError(f"--context_bias must lie in [0, 1], got {context_bias}")
+    check_toy_args(num_images, context_bias, size)
     w, h = size
-    if w < 16 or h < 16:
-        raise UserError(f"--size {w}x{h} is too small; use at least 16x16")
 
     for sub in ("JPEGImages", "Annotations", "SegmentationClass", os.path.join("ImageSets", "Segmentation")):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
@@ -367,11 +362,22 @@ def write_devkit(out, num_images, size=(160, 120), seed=0, classes=None, context
     return out
 
 
-def _parse_size(text):
+def check_toy_args(num_images, context_bias, size):
+    """The checks every toy writer makes (this one and coco14.synth's): a UserError for the first bad value."""
+    if num_images < 2:
+        raise UserError(f"--num_images must be at least 2 (one training and one val image), got {num_images}")
+    if not 0.0 <= context_bias <= 1.0:
+        raise UserError(f"--context_bias must lie in [0, 1], got {context_bias}")
+    w, h = size
+    if w < 16 or h < 16:
+        raise UserError(f"--size {w}x{h} is too small; use at least 16x16")
+
+
+def parse_size(text):
     try:
         w, h = (int(t) for t in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 160x120 (width x height), got {text!r}")
+        raise argparse.ArgumentTypeError(f"size must look like WIDTHxHEIGHT, e.g. 160x120, got {text!r}")
     return w, h
 
 
@@ -379,7 +385,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Write a toy PASCAL VOC devkit with context-biased objects.")
     p.add_argument("--out", required=True, help="devkit folder to write (created if missing)")
     p.add_argument("--num_images", type=int, default=300)
-    p.add_argument("--size", type=_parse_size, default=(160, 120), help="WIDTHxHEIGHT, e.g. 160x120")
+    p.add_argument("--size", type=parse_size, default=(160, 120), help="WIDTHxHEIGHT, e.g. 160x120")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--context_bias", type=float, default=0.9,
                    help="probability that an object sits on its home background (0 = unbiased)")
