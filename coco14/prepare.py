@@ -40,7 +40,8 @@ from tqdm import tqdm
 
 from coco14 import CAT_ID_TO_IDX, CAT_LIST, N_CAT, SPLITS, gt_path, image_path, palette
 from misc import imutils
-from misc.pyutils import UserError, atomic_path, load_json, one_line, remove_temp_files, require_dir, require_file
+from misc.pyutils import (UserError, load_json, one_line, remove_temp_files, require_dir, require_file, save_bytes,
+                          save_lines)
 
 MARKER = "prepare.json"
 VERSION = 1
@@ -185,21 +186,6 @@ def _write_mask(job):
 # ---------------------------------------------------------------- the whole preparation
 
 
-def _write_text(path, text):
-    """Write `text` atomically, unless the file already holds it (a second run rewrites nothing)."""
-    if os.path.isfile(path):
-        with open(path) as f:
-            if f.read() == text:
-                return
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            f.write(text)
-
-
-def _lines(lines):
-    return "".join(line + "\n" for line in lines)
-
-
 def prepare(coco_root, out_dir, num_workers=None, force=False, log=print):
     """Write masks, cls_labels.txt, train14.txt, val14.txt and (last) prepare.json into out_dir; return what
     prepare.json holds plus masks_written and masks_kept. Existing masks are kept unless force or the annotation
@@ -241,9 +227,9 @@ def prepare(coco_root, out_dir, num_workers=None, force=False, log=print):
 
     label_lines = [" ".join([im["stem"]] + [CAT_LIST[c] for c in sorted(im["classes"])])
                    for images in splits.values() for im in images]
-    _write_text(os.path.join(out_dir, "cls_labels.txt"), _lines(label_lines))
+    save_lines(os.path.join(out_dir, "cls_labels.txt"), label_lines, unless_same=True)
     for split, images in splits.items():
-        _write_text(os.path.join(out_dir, LIST_NAMES[split]), _lines(im["stem"] for im in images))
+        save_lines(os.path.join(out_dir, LIST_NAMES[split]), (im["stem"] for im in images), unless_same=True)
     marker = {
         "version": VERSION, "coco_root": os.path.abspath(coco_root), "annotation_files": _annotation_sizes(coco_root),
         "splits": {split: {"images": len(images), "list": LIST_NAMES[split],
@@ -252,7 +238,8 @@ def prepare(coco_root, out_dir, num_workers=None, force=False, log=print):
                            "unannotated_images": sum(not im["classes"] for im in images)}
                    for split, images in splits.items()},
     }
-    _write_text(os.path.join(out_dir, MARKER), json.dumps(marker, indent=2, sort_keys=True) + "\n")  # last
+    save_bytes(os.path.join(out_dir, MARKER), (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode(),
+               unless_same=True)  # last
     log(f"coco14.prepare: done, {len(todo)} masks written, {len(jobs) - len(todo)} kept; "
         + ", ".join(f"{s} {v['images']} images ({v['unannotated_images']} unannotated)"
                     for s, v in marker["splits"].items()))

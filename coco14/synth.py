@@ -35,7 +35,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from coco14 import CAT_IDS, CAT_LIST, CAT_NAME_TO_IDX, CATEGORIES
-from misc.pyutils import UserError, atomic_path, save_json
+from misc.pyutils import UserError, atomic_path, save_bytes, save_json, save_lines
 from voc12 import synth as voc_synth
 
 # COCO class -> the VOC toy class whose looks it borrows (all 20 VOC classes have a COCO counterpart)
@@ -139,12 +139,6 @@ def _draw(looks, size, context_bias, rng, want_overlap, band):
     return img, picked, masks, background
 
 
-def _write_bytes(path, data):
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-
 def _write_jpeg(path, img, quality):
     with atomic_path(path) as tmp:
         Image.fromarray(img).save(tmp, format="JPEG", quality=quality)
@@ -218,10 +212,10 @@ def write_devkit(root, num_images=300, size=(128, 96), seed=0, classes=None, num
                 "licenses": [{"id": 1, "name": "synthetic", "url": ""}],
                 "images": [images[i] for i in order_rng.permutation(len(images))],
                 "annotations": annotations, "categories": categories}
-        _write_bytes(os.path.join(root, "annotations", f"instances_{split}.json"),
+        save_bytes(os.path.join(root, "annotations", f"instances_{split}.json"),
                      json.dumps(data, separators=(",", ":")).encode())
     if num_heldout:
-        _write_bytes(os.path.join(root, "heldout.txt"), "".join(s + "\n" for s in heldout).encode())
+        save_lines(os.path.join(root, "heldout.txt"), heldout)
     save_json(os.path.join(root, "synth.json"), {  # last: its presence says the devkit is complete
         "seed": seed, "size": [w, h], "num_images": num_images, "num_val": num_val, "num_heldout": num_heldout,
         "classes": [COCO_OF_LOOK[look] for look in looks], "context_bias": context_bias,

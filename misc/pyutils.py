@@ -201,6 +201,22 @@ def remove_temp_files(*roots, recursive=True):
     return removed
 
 
+def save_bytes(path, data, unless_same=False):
+    """Write bytes atomically; with unless_same, leave a file that already holds them untouched (no new mtime)."""
+    if unless_same and os.path.isfile(path):
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def save_lines(path, lines, unless_same=False):
+    """Write one string per line ("\n" after each), atomically."""
+    save_bytes(path, "".join(line + "\n" for line in lines).encode(), unless_same)
+
+
 def save_json(path, obj):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:

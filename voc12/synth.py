@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from misc import imutils
-from misc.pyutils import UserError, atomic_path, save_json
+from misc.pyutils import UserError, atomic_path, save_bytes, save_json, save_lines
 from voc12 import CAT_LIST, CAT_NAME_TO_IDX
 
 # ---------------------------------------------------------------- shapes, in a [-1, 1]^2 box (v points down)
@@ -298,16 +298,6 @@ def _annotation_xml(name, size, picked, visible):
     return ET.tostring(root, encoding="utf-8") + b"\n"
 
 
-def _write_bytes(path, data):
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-
-def _write_list(path, names):
-    _write_bytes(path, "".join(n + "\n" for n in names).encode())
-
-
 def write_devkit(out, num_images, size=(160, 120), seed=0, classes=None, context_bias=0.9,
                  num_heldout=0, val_fraction=0.2, train_fraction=0.5, jpeg_quality=90, progress=True):
     """Write a toy devkit into `out` and return its path.
@@ -339,7 +329,7 @@ def write_devkit(out, num_images, size=(160, 120), seed=0, classes=None, context
         with atomic_path(os.path.join(out, "JPEGImages", name + ".jpg")) as tmp:
             Image.fromarray(img).save(tmp, format="JPEG", quality=jpeg_quality)
         imutils.save_label_png(os.path.join(out, "SegmentationClass", name + ".png"), label)
-        _write_bytes(os.path.join(out, "Annotations", name + ".xml"), _annotation_xml(name, (w, h), picked, visible))
+        save_bytes(os.path.join(out, "Annotations", name + ".xml"), _annotation_xml(name, (w, h), picked, visible))
         cls_lines.append(name + " " + " ".join(c for c in CAT_LIST if c in picked))
         backgrounds[name] = {"background": bg, "home": bg == HOME_OF[picked[0]]}
 
@@ -348,12 +338,12 @@ def write_devkit(out, num_images, size=(160, 120), seed=0, classes=None, context
     train_aug, val = names[:num_images - n_val], names[num_images - n_val:num_images]
     train = train_aug[:max(1, round(len(train_aug) * train_fraction))]
     for fname, ids in (("train_aug.txt", train_aug), ("train.txt", train), ("val.txt", val)):
-        _write_list(os.path.join(out, fname), ids)
-    _write_list(os.path.join(out, "ImageSets", "Segmentation", "train.txt"), train)
-    _write_list(os.path.join(out, "ImageSets", "Segmentation", "val.txt"), val)
+        save_lines(os.path.join(out, fname), ids)
+    save_lines(os.path.join(out, "ImageSets", "Segmentation", "train.txt"), train)
+    save_lines(os.path.join(out, "ImageSets", "Segmentation", "val.txt"), val)
     if num_heldout:
-        _write_list(os.path.join(out, "heldout.txt"), names[num_images:])
-    _write_bytes(os.path.join(out, "cls_labels.txt"), "".join(line + "\n" for line in cls_lines).encode())
+        save_lines(os.path.join(out, "heldout.txt"), names[num_images:])
+    save_lines(os.path.join(out, "cls_labels.txt"), cls_lines)
     save_json(os.path.join(out, "synth.json"), {
         "seed": seed, "size": [w, h], "num_images": num_images, "num_heldout": num_heldout,
         "classes": classes, "context_bias": context_bias, "homes": {c: HOME_OF[c] for c in CAT_LIST},
